@@ -1,0 +1,18 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install the pinned stack on first use (tools/setup_env.sh; a no-op after).
+PY := .venv/bin/python
+export PYTHONHASHSEED := 0
+
+.PHONY: setup demo test benchmark clean
+
+setup:
+	@bash tools/setup_env.sh
+
+demo: setup
+	$(PY) tools/demo.py --work-dir work_dirs/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf work_dirs .pytest_cache

@@ -1,0 +1,11 @@
+"""dfbf_mm: make a trained OpenMMLab model smaller and faster without its training data.
+
+Importing the package registers every dfbf type (pruners, the pruned-backbone builder, the
+synthetic dataset, the distiller, hooks and the runner) and lets ``torch.load`` read MMEngine
+checkpoints safely; add ``custom_imports=dict(imports=['dfbf_mm'])`` to any mm config.
+"""
+from .safe_checkpoint import register_safe_globals
+
+register_safe_globals()
+
+__version__ = '0.1.0'

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the pinned OpenMMLab stack plus dfbf_mm, CPU only.
+# A second run is a no-op unless a requirement file changed (stamp = hash of the inputs).
+#
+# mmcv 2.1.0 ships no wheel for torch 2.14 and its sdist hard-codes -std=c++17, which torch
+# 2.14's headers reject. We take mmcv from a wheelhouse when one is given (DFBF_WHEELHOUSE, or
+# PIP_FIND_LINKS), else from the per-user wheel cache, else build it once from the sdist with the
+# flag patched to -std=c++20 and keep the wheel in the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+WHEEL_CACHE=${DFBF_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dfbf_mm/wheels}
+PIP="pip_quiet"
+# This machine's pip config lists file:// indexes that do not all exist; hide that noise only.
+pip_quiet() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" > >(grep -v 'is ignored: it is neither' >&2) 2>&1; }
+
+stamp_inputs="requirements/stack.txt tools/setup_env.sh setup.py"
+stamp_value=$(cat $stamp_inputs | sha256sum | cut -c1-16)
+stamp_file="$VENV/.dfbf_stack_stamp"
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then
+  exit 0  # everything already installed for these requirement files
+fi
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+log "installing torch 2.14.1 + torchvision 0.29.1, numpy<2, setuptools<81"
+$PIP install -q "setuptools<81" wheel "numpy<2" torch==2.14.1 torchvision==0.29.1
+
+have_mmcv_ops() { "$VENV/bin/python" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; }
+
+find_wheel() {  # $1 = folder; prints the mmcv 2.1.0 cp311 wheel in it, if any
+  [ -d "$1" ] || return 0
+  local f
+  for f in "$1"/mmcv-2.1.0-cp311-*.whl; do [ -f "$f" ] && { echo "$f"; return 0; }; done
+  return 0
+}
+
+if have_mmcv_ops; then
+  log "mmcv 2.1.0 with compiled ops already installed"
+else
+  wheel=""
+  for wh in ${DFBF_WHEELHOUSE:-} ${PIP_FIND_LINKS:-} "$WHEEL_CACHE"; do
+    wheel=$(find_wheel "$wh")
+    [ -n "$wheel" ] && break
+  done
+  if [ -z "$wheel" ]; then
+    log "no mmcv 2.1.0 wheel in a wheelhouse (DFBF_WHEELHOUSE) or in $WHEEL_CACHE:"
+    log "building it from the sdist with its CPU ops (-std=c++17 patched to c++20 for torch 2.14)."
+    log "This takes about 20 minutes on 2 cores, once per machine; the wheel is cached."
+    build=$(mktemp -d)
+    $PIP download -q --no-deps --no-binary :all: --no-build-isolation -d "$build" mmcv==2.1.0
+    tar -xzf "$build"/mmcv-2.1.0.tar.gz -C "$build"
+    sed -i 's/-std=c++17/-std=c++20/g' "$build"/mmcv-2.1.0/setup.py
+    grep -q -- '-std=c++20' "$build"/mmcv-2.1.0/setup.py || { echo "[setup] mmcv setup.py: -std flag not found to patch" >&2; exit 1; }
+    start=$(date +%s)
+    ( cd "$build/mmcv-2.1.0" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=$(nproc) \
+        "$OLDPWD/$VENV/bin/python" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . 2>&1 \
+      | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|error|Error|Successfully' \
+      | while IFS= read -r line; do printf '[setup] mmcv build (%ss) %s\n' "$(( $(date +%s) - start ))" "${line:0:120}"; done )
+    mkdir -p "$WHEEL_CACHE"
+    cp "$build"/dist/mmcv-2.1.0-*.whl "$WHEEL_CACHE"/
+    wheel=$(find_wheel "$WHEEL_CACHE")
+    log "mmcv wheel built in $(( $(date +%s) - start )) s and cached as $wheel"
+    rm -rf "$build"
+  fi
+  log "installing $wheel"
+  $PIP install -q --no-deps "$wheel"
+fi
+
+log "installing mmengine, mmdet, mmpretrain, mmpose (without chumpy), torch-pruning and tools"
+# Give the resolver the installed mmcv so it never fetches another one.
+$PIP install -q -r requirements/stack.txt "mmcv==2.1.0" torch==2.14.1 torchvision==0.29.1
+$PIP install -q --no-deps mmpose==1.3.2
+$PIP install -q --no-deps --no-build-isolation -e .
+
+log "checking the stack"
+"$VENV/bin/python" - <<'PY'
+import importlib, sys
+checks = [
+    ("mmcv._ext", "mmcv's compiled ops are missing: reinstall mmcv 2.1.0 from the wheelhouse or let tools/setup_env.sh build it"),
+    ("mmdet.models", "mmdet 3.3.0 failed to import"),
+    ("mmpose.models", "mmpose 1.3.2 failed to import (installed with --no-deps: a missing dependency of it?)"),
+    ("mmpretrain.models", "mmpretrain 1.2.0 failed to import"),
+    ("torch_pruning", "torch-pruning failed to import"),
+    ("dfbf_mm", "the dfbf_mm package failed to import"),
+]
+for mod, fix in checks:
+    try:
+        importlib.import_module(mod)
+    except Exception as e:  # name the package and the fix
+        sys.exit(f"[setup] import {mod} failed: {type(e).__name__}: {e}. Fix: {fix}")
+import torch
+from mmcv.ops import nms
+boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]])
+nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
+print("[setup] ok: mmcv ops (nms on CPU), mmdet, mmpose, mmpretrain, torch-pruning, dfbf_mm")
+PY
+echo "$stamp_value" > "$stamp_file"
