@@ -1,0 +1,198 @@
+"""Which channels of a backbone may be removed: Torch-Pruning dependency groups + output guard.
+
+A backbone is traced with ``torch_pruning.DependencyGraph``; every output feature map is fed
+into a tiny *sentinel* layer (a 1x1 conv / linear per output) that is part of the traced
+graph. A dependency group that touches a sentinel couples its channels to a width that leaves
+the backbone (an ``out_indices`` map, a residual stream, a shortcut conv) and is never pruned,
+so the stock neck/head keep fitting. Groups that would need constructs we cannot prune safely
+(reshapes into heads, bare ``nn.Parameter`` tensors, attention modules, incompatible grouped
+convs) are skipped with a reason instead of being handed to Torch-Pruning.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops as tp_ops
+
+# Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
+# into heads, sliced, expanded): groups through them are skipped, not pruned.
+_UNSAFE_OPS = (tp_ops._ReshapeOp, tp_ops._UnbindOp, tp_ops._ExpandOp, tp_ops._SliceOp,
+               tp_ops._CustomizedOp)
+_ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def flatten_outputs(out) -> List[torch.Tensor]:
+    """The tensors of a backbone output (tensor, or nested tuple/list/dict of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in flatten_outputs(v)]
+    return []
+
+
+def _sentinel_for(t: torch.Tensor) -> nn.Module:
+    """A layer that consumes every channel of output ``t`` (channel dim 1 for maps, last for tokens)."""
+    if t.dim() == 4:
+        return nn.Conv2d(t.shape[1], 1, 1)
+    if t.dim() == 5:
+        return nn.Conv3d(t.shape[1], 1, 1)
+    if t.dim() == 3 and not t.is_floating_point():
+        raise ValueError('backbone: an output tensor is not floating point')
+    if t.dim() in (2, 3):
+        return nn.Linear(t.shape[-1], 1)
+    raise ValueError(f'backbone: cannot guard an output of shape {tuple(t.shape)} '
+                     '(expected 2-D, 3-D, 4-D or 5-D feature tensors)')
+
+
+class SentinelWrapper(nn.Module):
+    """Backbone + one sentinel consumer per output tensor; forward returns the sentinel outputs."""
+
+    def __init__(self, backbone: nn.Module, example_outputs: Sequence[torch.Tensor]):
+        super().__init__()
+        self.backbone = backbone
+        self.sentinels = nn.ModuleList(_sentinel_for(t) for t in example_outputs)
+        self.sentinels.to(next(iter(backbone.parameters())).device)
+
+    def forward(self, x):
+        outs = flatten_outputs(self.backbone(x))
+        return [s(o) for s, o in zip(self.sentinels, outs)]
+
+
+@dataclass
+class ChannelGroup:
+    """One prunable set of coupled channels, rooted at a conv/linear's output filters."""
+    root_name: str                   # backbone-relative name of the root layer
+    root: nn.Module
+    width: int                       # original number of channels of the group
+    group: object                    # torch_pruning Group (all channels)
+    module_names: List[str]          # every backbone module touched by the group
+    divisor: int = 1                 # grouped convs: remove the same positions in each of `divisor` chunks
+
+
+@dataclass
+class TraceResult:
+    """Outcome of :func:`trace_channel_groups`."""
+    graph: tp.DependencyGraph
+    wrapper: SentinelWrapper
+    prunable: List[ChannelGroup]
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (root name, reason)
+    output_shapes: List[Tuple[int, ...]] = field(default_factory=list)
+
+
+def run_backbone(backbone: nn.Module, example_inputs: torch.Tensor, field_name: str = 'example_inputs'):
+    """Forward ``backbone`` in eval mode without grad; a failure becomes a one-line error."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            return backbone(example_inputs)
+    except Exception as e:  # too-small input, wrong channel count, ...
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        raise ValueError(
+            f'{field_name}: {type(backbone).__name__} cannot run on an input of shape '
+            f'{tuple(example_inputs.shape)} ({type(e).__name__}: {msg}); is the input smaller '
+            'than the backbone stride or of the wrong channel count?') from None
+    finally:
+        backbone.train(was_training)
+
+
+def check_outputs(outputs, field_name: str = 'example_inputs') -> List[Tuple[int, ...]]:
+    """Shapes of the output tensors; an empty spatial map means the input is below the stride."""
+    tensors = flatten_outputs(outputs)
+    if not tensors:
+        raise ValueError('backbone: its forward returned no tensors')
+    for t in tensors:
+        if t.numel() == 0:
+            raise ValueError(f'{field_name}: an output of the backbone is empty {tuple(t.shape)}; '
+                             'the input is smaller than the backbone stride')
+    return [tuple(t.shape) for t in tensors]
+
+
+def _group_divisor(group, graph) -> Optional[int]:
+    """Chunk count the group's channels must be removed uniformly over (grouped convs), or None."""
+    divisor = 1
+    for dep, idxs in group:
+        m = dep.target.module
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups > 1:
+            depthwise = m.groups == m.in_channels == m.out_channels
+            if depthwise:
+                continue
+            n = m.out_channels if graph.is_out_channel_pruning_fn(dep.handler) else m.in_channels
+            if len(idxs) != n:  # only part of the conv's channels (e.g. behind a concat)
+                return None
+            lcm = divisor * m.groups // math.gcd(divisor, m.groups)
+            if lcm > n or n % lcm:
+                return None
+            divisor = lcm
+    return divisor
+
+
+def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
+                         ignore_names: Sequence[str] = (), outputs=None) -> TraceResult:
+    """Trace ``backbone`` and classify its dependency groups into prunable and skipped.
+
+    ``ignore_names`` are backbone module names whose shapes must not change: any group that
+    touches one of them is skipped. ``outputs``: the backbone's output on ``example_inputs``
+    when the caller already has it (saves a forward).
+    """
+    if outputs is None:
+        outputs = run_backbone(backbone, example_inputs)
+    out_shapes = check_outputs(outputs)
+    wrapper = SentinelWrapper(backbone, flatten_outputs(outputs))
+    # Frozen stages (requires_grad=False) would drop out of the autograd trace.
+    flags = {n: p.requires_grad for n, p in backbone.named_parameters()}
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    was_training = backbone.training
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                wrapper, example_inputs=example_inputs.clone().requires_grad_(True), verbose=False)
+    except Exception as e:
+        raise ValueError(f'backbone: Torch-Pruning cannot trace {type(backbone).__name__} '
+                         f'({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ""})') from None
+    finally:
+        for n, p in backbone.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+        backbone.train(was_training)
+
+    names = {m: n[len('backbone.'):] for n, m in wrapper.named_modules() if n.startswith('backbone.')}
+    sentinels = set(wrapper.sentinels)
+    param_names = {p: n[len('backbone.'):] for n, p in wrapper.named_parameters()}
+    ignored = set(ignore_names)
+    result = TraceResult(graph, wrapper, [], [], out_shapes)
+    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES):
+        root = group[0].dep.target.module
+        root_name = names.get(root, '?')
+        touched, reason = [], None
+        for dep, _ in group:
+            m = dep.target.module
+            if m in sentinels:
+                reason = 'reaches a backbone output'
+                break
+            if isinstance(m, nn.Parameter):
+                reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
+            elif isinstance(m, _UNSAFE_OPS):
+                reason = f'passes a {type(m).__name__.strip("_").replace("Op", "")} op'
+            elif isinstance(m, nn.MultiheadAttention):
+                reason = 'couples nn.MultiheadAttention'
+            elif m in names:
+                touched.append(names[m])
+                if names[m] in ignored:
+                    reason = reason or f'touches ignored module {names[m]}'
+        if reason is None:
+            divisor = _group_divisor(group, graph)
+            if divisor is None:
+                reason = 'grouped conv channels cannot be removed uniformly per conv group'
+        if reason is not None:
+            result.skipped.append((root_name, reason))
+            continue
+        width = graph.get_out_channels(root)
+        result.prunable.append(ChannelGroup(root_name, root, width, group,
+                                            sorted(set(touched)), divisor))
+    return result

@@ -1,0 +1,136 @@
+"""ChannelSpec: the pruned widths of a backbone as a small JSON-able dict.
+
+A pruned backbone cannot be rebuilt from its stock config alone; the spec records, for every
+module whose tensors changed shape, the new shape of each parameter/buffer (and the old one,
+to detect a spec applied to another architecture) plus the width attributes layers read at
+forward time. Applying it to a freshly built stock backbone gives exactly the pruned shapes,
+so a pruned state dict (stock key names) then loads with ``strict=True``::
+
+    {"format": "dfbf_mm.channel_spec/v1", "backbone": "ResNet",
+     "modules": {"layer1.0.conv1": {"shapes": {"weight": [32, 64, 1, 1]},
+                                    "original_shapes": {"weight": [64, 64, 1, 1]},
+                                    "attrs": {"in_channels": 64, "out_channels": 32, "groups": 1}}}}
+"""
+import json
+import os.path as osp
+from typing import Dict, Union
+
+import torch
+import torch.nn as nn
+
+FORMAT = 'dfbf_mm.channel_spec/v1'
+# Width attributes of torch layers (conv, norm, linear) that forward() or extra_repr() read.
+WIDTH_ATTRS = ('in_channels', 'out_channels', 'groups', 'num_features', 'in_features',
+               'out_features', 'num_channels', 'num_groups', 'normalized_shape', 'embed_dim')
+
+
+def _tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """The module's own parameters and buffers (not its children's)."""
+    out = {n: p for n, p in module.named_parameters(recurse=False) if p is not None}
+    out.update({n: b for n, b in module.named_buffers(recurse=False) if b is not None})
+    return out
+
+
+def snapshot_shapes(backbone: nn.Module) -> Dict[str, Dict[str, list]]:
+    """``{module name: {tensor name: shape}}`` of every module with tensors."""
+    return {name: {t: list(v.shape) for t, v in _tensors(m).items()}
+            for name, m in backbone.named_modules() if _tensors(m)}
+
+
+def _attrs(module: nn.Module) -> dict:
+    out = {}
+    for a in WIDTH_ATTRS:
+        v = getattr(module, a, None)
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int):
+            out[a] = v
+        elif isinstance(v, (tuple, list)) and all(isinstance(x, int) for x in v):
+            out[a] = list(v)
+    return out
+
+
+def extract_channel_spec(backbone: nn.Module, before: Dict[str, Dict[str, list]]) -> dict:
+    """The spec of ``backbone`` relative to the shapes ``before`` (from :func:`snapshot_shapes`)."""
+    modules = {}
+    for name, m in backbone.named_modules():
+        now = {t: list(v.shape) for t, v in _tensors(m).items()}
+        old = before.get(name, {})
+        changed = {t: s for t, s in now.items() if old.get(t) is not None and old[t] != s}
+        if changed:
+            modules[name] = dict(shapes=changed, original_shapes={t: old[t] for t in changed},
+                                 attrs=_attrs(m))
+    return {'format': FORMAT, 'backbone': type(backbone).__name__, 'modules': modules}
+
+
+def _check_spec(spec) -> dict:
+    if not isinstance(spec, dict) or spec.get('format') != FORMAT or not isinstance(spec.get('modules'), dict):
+        raise ValueError(f'channel_spec: not a {FORMAT} dict (got keys '
+                         f'{sorted(spec)[:5] if isinstance(spec, dict) else type(spec).__name__})')
+    return spec
+
+
+def apply_channel_spec(backbone: nn.Module, spec: dict) -> nn.Module:
+    """Shrink a freshly built stock ``backbone`` in place to the shapes of ``spec``; returns it.
+
+    Values are slices of the current tensors (the leading entries) so the result runs even
+    before a checkpoint is loaded. Everything is checked before anything is changed.
+    """
+    spec = _check_spec(spec)
+    kind = type(backbone).__name__
+    if spec.get('backbone') not in (None, kind):
+        raise ValueError(f'channel_spec: made for a {spec["backbone"]} backbone, not {kind}')
+    modules = dict(backbone.named_modules())
+    plan = []
+    for name, entry in spec['modules'].items():
+        if name not in modules:
+            raise ValueError(f'channel_spec: module {name!r} does not exist in {kind} '
+                             '(a spec of another architecture?)')
+        m = modules[name]
+        own = _tensors(m)
+        for t, shape in entry.get('shapes', {}).items():
+            cur = own.get(t)
+            orig = entry.get('original_shapes', {}).get(t)
+            if cur is None:
+                raise ValueError(f'channel_spec: {name}.{t} does not exist in {kind}')
+            if (orig is not None and list(cur.shape) != list(orig)) or len(shape) != cur.dim() or any(
+                    not 0 < s <= c for s, c in zip(shape, cur.shape)):
+                raise ValueError(f'channel_spec: {name}.{t} is {list(cur.shape)} in the model; the spec '
+                                 f'expects {orig} to shrink to {shape} (a spec of another architecture?)')
+            plan.append((m, t, shape))
+        for a in entry.get('attrs', {}):
+            if not hasattr(m, a):
+                raise ValueError(f'channel_spec: {name} ({type(m).__name__}) has no attribute {a!r}')
+    for m, t, shape in plan:
+        cur = getattr(m, t)
+        new = cur.detach()[tuple(slice(0, s) for s in shape)].clone()
+        if isinstance(cur, nn.Parameter):
+            setattr(m, t, nn.Parameter(new, requires_grad=cur.requires_grad))
+        else:
+            m._buffers[t] = new
+    for name, entry in spec['modules'].items():
+        for a, v in entry.get('attrs', {}).items():
+            setattr(modules[name], a, tuple(v) if isinstance(v, list) else v)
+    return backbone
+
+
+def save_channel_spec(spec: dict, path: str) -> str:
+    """Write ``spec`` as JSON to ``path``; returns the path."""
+    _check_spec(spec)
+    with open(path, 'w') as f:
+        json.dump(spec, f, indent=1, sort_keys=True)
+    return path
+
+
+def load_channel_spec(spec_or_path: Union[str, dict]) -> dict:
+    """A spec dict from a dict or a JSON file path (one-line error when missing/invalid)."""
+    if isinstance(spec_or_path, dict):
+        return _check_spec(spec_or_path)
+    if not isinstance(spec_or_path, str) or not osp.isfile(spec_or_path):
+        raise FileNotFoundError(f'channel_spec: file not found: {spec_or_path!r}')
+    try:
+        with open(spec_or_path) as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'channel_spec: {spec_or_path!r} is not valid JSON ({e})') from None
+    return _check_spec(spec)

@@ -1,0 +1,47 @@
+"""Pair merge (masking during the loop) and physical removal of merged units at the end.
+
+During the progressive loop a merged unit stays in the tensors but is dead: its outgoing
+weights are moved onto the kept unit and zeroed, its incoming weights and bias zeroed. A dead
+unit then cannot influence anything, so the masked model and the physically shrunk model
+compute exactly the same function; only :func:`remove_units` changes shapes.
+"""
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+
+@torch.no_grad()
+def merge_units(layer: nn.Linear, next_layer: nn.Linear, removed: int, kept: int) -> None:
+    """Merge hidden unit ``removed`` of ``layer`` into unit ``kept`` (in place).
+
+    The next layer then reads ``h_kept`` where it read ``h_removed``: exact when the two units
+    compute the same activation.
+    """
+    if removed == kept:
+        raise ValueError(f'pair: a unit cannot be merged into itself (unit {removed})')
+    next_layer.weight[:, kept] += next_layer.weight[:, removed]
+    next_layer.weight[:, removed] = 0
+    layer.weight[removed] = 0
+    if layer.bias is not None:
+        layer.bias[removed] = 0
+
+
+def _shrink(param: torch.Tensor, index: torch.Tensor, dim: int) -> nn.Parameter:
+    return nn.Parameter(param.detach().index_select(dim, index).clone(),
+                        requires_grad=param.requires_grad)
+
+
+@torch.no_grad()
+def remove_units(layer: nn.Linear, next_layer: nn.Linear, keep: Sequence[int]) -> None:
+    """Physically keep only units ``keep`` of ``layer`` (its rows, ``next_layer``'s columns)."""
+    index = torch.as_tensor(sorted(int(k) for k in keep), dtype=torch.long,
+                            device=layer.weight.device)
+    if index.numel() == 0:
+        raise ValueError('keep: at least one unit must be kept')
+    layer.weight = _shrink(layer.weight, index, 0)
+    if layer.bias is not None:
+        layer.bias = _shrink(layer.bias, index, 0)
+    layer.out_features = index.numel()
+    next_layer.weight = _shrink(next_layer.weight, index, 1)
+    next_layer.in_features = index.numel()
