@@ -8,4 +8,7 @@ from .safe_checkpoint import register_safe_globals
 
 register_safe_globals()
 
+# the pipeline, in order: prune -> synthesize -> distill -> export; engine glues them
+from . import distillation, engine  # noqa: E402,F401
+
 __version__ = '0.1.0'

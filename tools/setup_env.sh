@@ -13,6 +13,7 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 WHEEL_CACHE=${DFBF_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dfbf_mm/wheels}
+VENV_ABS=$(realpath -m "$VENV")
 PIP="pip_quiet"
 # This machine's pip config lists file:// indexes that do not all exist; hide that noise only.
 pip_quiet() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" > >(grep -v 'is ignored: it is neither' >&2) 2>&1; }
@@ -61,10 +62,23 @@ else
     sed -i 's/-std=c++17/-std=c++20/g' "$build"/mmcv-2.1.0/setup.py
     grep -q -- '-std=c++20' "$build"/mmcv-2.1.0/setup.py || { echo "[setup] mmcv setup.py: -std flag not found to patch" >&2; exit 1; }
     start=$(date +%s)
-    ( cd "$build/mmcv-2.1.0" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=$(nproc) \
-        "$OLDPWD/$VENV/bin/python" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . 2>&1 \
-      | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|error|Error|Successfully' \
-      | while IFS= read -r line; do printf '[setup] mmcv build (%ss) %s\n' "$(( $(date +%s) - start ))" "${line:0:120}"; done )
+    $PIP install -q ninja  # parallel compile (MAX_JOBS) and [n/N] progress lines
+    build_log="$build/build.log"
+    log "full build log: $build_log"
+    ( cd "$build/mmcv-2.1.0" && PATH="$VENV_ABS/bin:$PATH" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=$(nproc) \
+        "$VENV_ABS/bin/python" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . ) \
+      > "$build_log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do  # a progress line a minute
+      sleep 60
+      step=$(grep -oE '^\[[0-9]+/[0-9]+\]' "$build_log" | tail -n1)
+      log "mmcv build: $(( ($(date +%s) - start) / 60 )) min, compile step ${step:-starting}"
+    done
+    if ! wait "$pid"; then
+      tail -n 30 "$build_log" >&2
+      echo "[setup] mmcv source build failed (log above, full log: $build_log)" >&2
+      exit 1
+    fi
     mkdir -p "$WHEEL_CACHE"
     cp "$build"/dist/mmcv-2.1.0-*.whl "$WHEEL_CACHE"/
     wheel=$(find_wheel "$WHEEL_CACHE")

@@ -1,0 +1,15 @@
+# DFBF on the top-down SimpleBaseline ResNet-50 (COCO keypoints), stock mmpose CocoMetric AP.
+# Set `dfbf.teacher_checkpoint` and the COCO val data_root; training data is not used.
+#     python tools/train.py configs/dfbf_simplebaseline_r50_coco_keypoint.py
+_base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_res50_8xb64-210e_coco-256x192.py'
+custom_imports = dict(imports=['dfbf_mm'], allow_failed_imports=False)
+runner_type = 'DataFreeDistillRunner'
+
+dfbf = dict(
+    teacher_checkpoint='checkpoints/td-hm_res50_8xb64-210e_coco-256x192-04af38ce_20220923.pth',
+    pruner=dict(type='L1FilterPruner', sparsity=0.1, norm=1, layer_dependent=True),
+    synthesizer=dict(type='DeepInversionSynthesizer', preset='pose'),
+    synthetic_data=dict(num_images=1600, batch_size=16, image_size=(160, 128), seed=0),
+    distill=dict(distance='l1', weights=8, bn='update'),  # weights 8 = reference for pose
+    schedule=dict(epochs=200, lr=0.01, lr_steps=[150]),
+)

@@ -1,0 +1,132 @@
+"""DataFreeDistiller: a frozen teacher and its pruned student, as one MMEngine model.
+
+Training (``forward(mode='loss')``, which both ``BaseModel.train_step`` and MMEngine's DDP
+wrapper call) runs the teacher's and the student's *backbones* on a batch of synthetic images
+that are already normalised, and returns the DFBF feature loss. Validation and testing run the
+student's whole stock model (pruned backbone, untouched neck and head) through its own data
+preprocessor, so the stock evaluators work unchanged.
+"""
+import copy
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from mmengine.model import BaseModel
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..registry import MODELS, PRUNERS
+from ..stock_model import get_backbone, load_weights
+from .feature_loss import FeatureMimicLoss
+from .feature_taps import FeatureRecorder, select_taps
+
+BN_POLICIES = ('update', 'frozen')
+DISTILL_KEYS = ('taps', 'distance', 'weights', 'out_weight', 'bn')
+
+
+def _as_list(outs) -> list:
+    if isinstance(outs, torch.Tensor):
+        return [outs]
+    if isinstance(outs, dict):
+        return list(outs.values())
+    return [o for o in outs if isinstance(o, torch.Tensor)]
+
+
+def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[str]):
+    """Run ``backbone`` once; return (features at ``taps``, backbone outputs)."""
+    recorder = FeatureRecorder(backbone, taps)
+    try:
+        outs = backbone(images)
+        return recorder.pop(), _as_list(outs)
+    finally:
+        recorder.remove()
+
+
+@MODELS.register_module()
+class DataFreeDistiller(BaseModel):
+    """Teacher/student pair for data-free backbone fine-tuning (DFBF §3).
+
+    Args:
+        model: the stock model config (data_preprocessor merged in).
+        teacher_checkpoint: weights of the trained, unpruned model.
+        pruner: a ``PRUNERS`` config applied to the student's backbone.
+        input_size: (H, W) of the synthetic images; used to trace the backbone.
+        distill: ``taps`` (name patterns, default: unpruned-width norm layers), ``distance``
+            ('l1'), ``weights`` (reference preset 0..11 or (a, b)), ``out_weight`` (L_out, 0),
+            ``bn`` ('update': student BN running stats adapt to the synthetic data; 'frozen':
+            they stay the teacher's).
+        channel_spec: build the student from this spec instead of pruning (used on resume;
+            the weights then come from the resumed checkpoint).
+    """
+
+    def __init__(self, model: dict, teacher_checkpoint: str, pruner: dict,
+                 input_size: Tuple[int, int], distill: Optional[dict] = None,
+                 channel_spec: Optional[dict] = None, init_cfg=None):
+        super().__init__(data_preprocessor=dict(type='BaseDataPreprocessor'), init_cfg=init_cfg)
+        distill = dict(distill or {})
+        unknown = set(distill) - set(DISTILL_KEYS)
+        if unknown:
+            raise ValueError(f'dfbf.distill: unknown key {sorted(unknown)[0]!r}; allowed: '
+                             f'{", ".join(DISTILL_KEYS)}')
+        self.bn_policy = distill.get('bn', 'update')
+        if self.bn_policy not in BN_POLICIES:
+            raise ValueError(f'dfbf.distill.bn: {self.bn_policy!r} is not one of {BN_POLICIES}')
+
+        self.teacher = MODELS.build(copy.deepcopy(model))
+        get_backbone(self.teacher, 'model')
+        load_weights(self.teacher, teacher_checkpoint, 'dfbf.teacher_checkpoint')
+        self.student = copy.deepcopy(self.teacher)
+        example = torch.zeros(1, 3, *input_size)
+        if channel_spec is not None:
+            from ..pruning import apply_channel_spec
+            apply_channel_spec(self.student.backbone, channel_spec)
+            self.channel_spec = channel_spec
+        else:
+            self.channel_spec = PRUNERS.build(pruner).prune(self.student.backbone, example)
+
+        self.teacher.requires_grad_(False)
+        self.student.requires_grad_(False)
+        self.student.backbone.requires_grad_(True)  # only the student backbone trains
+        self.taps = select_taps(self.teacher.backbone, self.student.backbone, example,
+                                distill.get('taps'))
+        self.loss = FeatureMimicLoss(distance=distill.get('distance', 'l1'),
+                                     weights=distill.get('weights', 2),
+                                     out_weight=distill.get('out_weight', 0.0))
+
+    def train(self, mode: bool = True):
+        """Teacher always in eval mode; the student's BN follows ``distill.bn``.
+
+        Stock backbones re-freeze stages and norms in their own ``train()`` (``frozen_stages``,
+        ``norm_eval``); DFBF fine-tunes the whole pruned backbone, so that is undone here.
+        """
+        super().train(mode)
+        self.teacher.eval()
+        if mode:
+            backbone = self.student.backbone
+            backbone.requires_grad_(True)
+            for m in backbone.modules():
+                if isinstance(m, _BatchNorm):
+                    m.train(self.bn_policy == 'update')
+        return self
+
+    def forward(self, inputs, data_samples=None, mode: str = 'loss'):
+        if mode != 'loss':
+            return self.student(inputs, data_samples, mode=mode)
+        images = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        with torch.no_grad():
+            t_taps, t_outs = backbone_features(self.teacher.backbone, images, self.taps)
+        s_taps, s_outs = backbone_features(self.student.backbone, images, self.taps)
+        return self.loss(s_taps, t_taps, s_outs, t_outs)
+
+    def val_step(self, data):
+        return self.student.val_step(data)
+
+    def test_step(self, data):
+        return self.student.test_step(data)
+
+    def before_export(self) -> None:
+        """Bring the student back to its plain pruned architecture (hook for LOP merging)."""
+
+    def feature_loss(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The distillation loss terms on ``images`` without a parameter update."""
+        with torch.no_grad():
+            return self.forward(images, mode='loss')

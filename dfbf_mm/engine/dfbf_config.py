@@ -1,0 +1,160 @@
+"""Turn "a stock config + a ``dfbf`` block" into the config MMEngine's Runner is built from.
+
+The user keeps their stock mmdet/mmpose/mmpretrain config (model, val/test data, evaluators,
+visualizer) and adds one block::
+
+    dfbf = dict(teacher_checkpoint=..., pruner=dict(...), synthesizer=dict(...),
+                synthetic_data=dict(...), distill=dict(...), schedule=dict(...))
+
+This module replaces the model by a ``DataFreeDistiller``, the train dataloader by the
+synthetic-image dataset, the schedule by the DFBF one, and adds the dfbf hooks. Everything else
+of the stock config is kept.
+"""
+import copy
+import os.path as osp
+
+from mmengine.config import Config, ConfigDict
+from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
+
+from ..stock_model import TASK_OF_SCOPE, config_scope, stock_model_cfg
+
+DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'distill',
+             'schedule', 'overparam', 'sp_loss', 'export', 'keep_custom_hooks')
+SYNTHETIC_DATA_KEYS = ('num_images', 'batch_size', 'image_size', 'seed', 'cache_dir', 'num_classes')
+SCHEDULE_KEYS = ('epochs', 'lr', 'lr_steps', 'gamma', 'momentum', 'weight_decay', 'val_interval',
+                 'checkpoint_interval')
+
+# DFBF reference fine-tuning (spec §4): SGD 0.01, momentum 0.9, wd 5e-4, MultiStep x0.1.
+# keys this module replaces; their stock values are restored in the exported deploy config
+STOCK_TRAINING_KEYS = ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
+                       'auto_scale_lr', 'default_hooks', 'custom_hooks', 'load_from', 'resume')
+DEFAULT_SCHEDULE = dict(epochs=5, lr=0.01, lr_steps=(3,), gamma=0.1, momentum=0.9,
+                        weight_decay=5e-4, val_interval=None, checkpoint_interval=1)
+DEFAULT_SYNTHETIC_DATA = dict(num_images=1600, batch_size=16, image_size=(256, 256), seed=0,
+                              cache_dir=None, num_classes=None)
+
+
+def _plain(value):
+    return value.to_dict() if isinstance(value, ConfigDict) else copy.deepcopy(value)
+
+
+def _check_keys(block: dict, allowed, field: str):
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ValueError(f'{field}: unknown key {unknown[0]!r}; allowed: {", ".join(allowed)}')
+
+
+def read_dfbf_block(cfg: Config) -> dict:
+    """The validated ``dfbf`` block with defaults filled in."""
+    if 'dfbf' not in cfg:
+        raise ValueError('dfbf: the config has no `dfbf` block (teacher_checkpoint, pruner, '
+                         'synthesizer, ...); see configs/ for examples')
+    block = _plain(cfg.dfbf)
+    _check_keys(block, DFBF_KEYS, 'dfbf')
+    for key in ('teacher_checkpoint', 'pruner', 'synthesizer'):
+        if not block.get(key):
+            raise ValueError(f'dfbf.{key}: required')
+    data = dict(DEFAULT_SYNTHETIC_DATA, **block.get('synthetic_data', {}))
+    _check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
+    if isinstance(data['image_size'], int):
+        data['image_size'] = (data['image_size'], data['image_size'])
+    data['image_size'] = tuple(int(v) for v in data['image_size'])
+    block['synthetic_data'] = data
+    schedule = dict(DEFAULT_SCHEDULE, **block.get('schedule', {}))
+    _check_keys(schedule, SCHEDULE_KEYS, 'dfbf.schedule')
+    block['schedule'] = schedule
+    return block
+
+
+def resume_channel_spec(cfg: Config):
+    """The channel spec stored in the checkpoint a ``--resume`` run continues from, if any."""
+    if not cfg.get('resume', False):
+        return None
+    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    if not path or not osp.isfile(path):
+        return None
+    meta = _load_checkpoint(path, map_location='cpu').get('meta', {})
+    return meta.get('dfbf_channel_spec')
+
+
+def to_runner_config(cfg: Config) -> Config:
+    """The Runner config of a dfbf experiment (see module docstring)."""
+    cfg = copy.deepcopy(cfg)
+    dfbf = read_dfbf_block(cfg)
+    # what export needs to write a stock (deploy) config again after training
+    cfg.dfbf_stock = {k: _plain(cfg[k]) for k in STOCK_TRAINING_KEYS if k in cfg}
+    cfg.dfbf_stock['model'] = stock_model_cfg(cfg)
+    scope = config_scope(cfg)
+    task = TASK_OF_SCOPE[scope]
+    data, schedule = dfbf['synthetic_data'], dfbf['schedule']
+    work_dir = cfg.get('work_dir') or osp.join('work_dirs', 'dfbf')
+
+    cfg.model = dict(
+        type='DataFreeDistiller',
+        model=stock_model_cfg(cfg),
+        teacher_checkpoint=dfbf['teacher_checkpoint'],
+        pruner=dfbf['pruner'],
+        input_size=data['image_size'],
+        distill=dfbf.get('distill'),
+        channel_spec=resume_channel_spec(cfg))
+    cfg.data_preprocessor = None  # merged into the stock model above; the distiller has its own
+
+    cfg.train_dataloader = dict(
+        batch_size=data['batch_size'],
+        num_workers=0,  # images come from an in-memory cache; workers would only copy it
+        sampler=dict(type='DefaultSampler', shuffle=True),
+        collate_fn=dict(type='pseudo_collate'),
+        dataset=dict(
+            type='SyntheticImageDataset',
+            num_images=data['num_images'],
+            batch_size=data['batch_size'],
+            image_size=data['image_size'],
+            synthesizer=dfbf['synthesizer'],
+            cache_dir=data['cache_dir'] or osp.join(work_dir, 'synthetic_cache'),
+            seed=data['seed'],
+            num_classes=data['num_classes']))
+
+    epochs = schedule['epochs']
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs,
+                         val_interval=schedule['val_interval'] or epochs)
+    wrapper = _plain(cfg.get('optim_wrapper') or {})
+    amp = wrapper.get('type') == 'AmpOptimWrapper'  # set by the stock tools' --amp
+    cfg.optim_wrapper = dict(
+        type='AmpOptimWrapper' if amp else 'OptimWrapper',
+        optimizer=dict(type='SGD', lr=schedule['lr'], momentum=schedule['momentum'],
+                       weight_decay=schedule['weight_decay']))
+    if amp:
+        cfg.optim_wrapper['loss_scale'] = wrapper.get('loss_scale', 'dynamic')
+    cfg.param_scheduler = [dict(type='MultiStepLR', by_epoch=True,
+                                milestones=list(schedule['lr_steps']), gamma=schedule['gamma'])]
+    cfg.auto_scale_lr = None
+
+    default_hooks = _plain(cfg.get('default_hooks') or {})
+    checkpoint = dict(default_hooks.get('checkpoint') or dict(type='CheckpointHook'))
+    checkpoint.update(interval=schedule['checkpoint_interval'], by_epoch=True)
+    checkpoint.pop('save_best', None)
+    default_hooks['checkpoint'] = checkpoint
+    cfg.default_hooks = default_hooks
+
+    dfbf_hooks = [
+        dict(type='SyntheticDataHook', task=task),
+        dict(type='ChannelSpecHook'),
+        dict(type='ExportHook', **dfbf.get('export', {})),
+    ]
+    stock_hooks = _plain(cfg.get('custom_hooks') or []) if dfbf.get('keep_custom_hooks') else []
+    cfg.custom_hooks = stock_hooks + dfbf_hooks
+    cfg.dfbf_task = task
+    return cfg
+
+
+def stock_config(runner_cfg: Config) -> Config:
+    """The user's stock config again (without the dfbf block), from a runner config."""
+    cfg = copy.deepcopy(runner_cfg)
+    stock = _plain(cfg.pop('dfbf_stock'))
+    for key in ('dfbf', 'dfbf_task', 'runner_type', 'data_preprocessor', 'train_dataloader',
+                'train_cfg', 'optim_wrapper', 'param_scheduler', 'auto_scale_lr',
+                'custom_hooks', 'load_from', 'resume'):
+        cfg.pop(key, None)
+    for key, value in stock.items():
+        cfg[key] = value
+    return cfg

@@ -1,0 +1,49 @@
+"""ExportHook: after training, write the student as a stock model and profile it.
+
+Writes ``<work_dir>/export/``: the deploy config (the stock config with ``model.backbone``
+replaced by ``PrunedBackbone``), the pruned checkpoint and the channel spec — evaluable with the
+stock ``tools/test.py`` — plus a params/FLOPs/CPU-latency table of teacher vs student.
+"""
+import os.path as osp
+
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from ...registry import HOOKS
+
+
+@HOOKS.register_module()
+class ExportHook(Hook):
+    """Exports the student after training (rank 0 only).
+
+    Args:
+        out_dir: folder under the work dir.
+        name: file stem of the exported config/checkpoint/spec.
+        profile: measure params, FLOPs and CPU latency of teacher vs student backbone.
+    """
+
+    priority = 'LOW'
+
+    def __init__(self, out_dir: str = 'export', name: str = 'pruned', profile: bool = True):
+        self.out_dir = out_dir
+        self.name = name
+        self.profile = profile
+
+    def after_train(self, runner) -> None:
+        if not is_main_process():
+            return
+        from ...export import export_pruned_model, profile_backbones
+        from ..dfbf_config import stock_config
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        out_dir = osp.join(runner.work_dir, self.out_dir)
+        model.before_export()
+        paths = export_pruned_model(model.student, stock_config(runner.cfg), model.channel_spec,
+                                    out_dir, meta=dict(dfbf_taps=model.taps), name=self.name)
+        runner.logger.info(f'exported the pruned model: {paths}')
+        if self.profile:
+            size = runner.cfg.model['input_size']
+            table = profile_backbones(model.teacher.backbone, model.student.backbone, size)
+            runner.logger.info('teacher vs student backbone\n' + table)
+            with open(osp.join(out_dir, 'profile.md'), 'w') as f:
+                f.write(table + '\n')

@@ -1,0 +1,59 @@
+"""Train like the OpenMMLab tools do; a config with a ``dfbf`` block runs data-free distillation.
+
+    python tools/train.py configs/dfbf_yolox_coco.py [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--cfg-options dfbf.pruner.sparsity=0.3 ...] [--launcher pytorch]
+
+Any stock mmdet/mmpose/mmpretrain config works too (it then trains as the stock tool would).
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import dfbf_mm  # noqa: F401  (registers the dfbf types)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model (data-free with a dfbf block)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision (GPU)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or from the latest checkpoint in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper = dict(cfg.get('optim_wrapper') or {}, type='AmpOptimWrapper',
+                                 loss_scale='dynamic')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if 'dfbf' in cfg and 'runner_type' not in cfg:
+        cfg.runner_type = 'DataFreeDistillRunner'
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
