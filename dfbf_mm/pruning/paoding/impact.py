@@ -66,8 +66,10 @@ def propagate_delta(delta: Box, down: Downstream) -> Box:
     """Carry change boxes (..., n) from the next pre-activation to the chain's output layer."""
     for z, act, w in zip(down.z_boxes, down.acts, down.weights):
         m_lo, m_hi = _slope_range(z, delta, act)
-        cands = torch.stack([m_lo * delta[0], m_lo * delta[1], m_hi * delta[0], m_hi * delta[1]])
-        delta = interval_linear(cands.min(0).values, cands.max(0).values, w)
+        # slope in [m_lo, m_hi], both >= 0: the extreme products pick the slope by the sign
+        lo = delta[0] * torch.where(delta[0] < 0, m_hi, m_lo)
+        hi = delta[1] * torch.where(delta[1] > 0, m_hi, m_lo)
+        delta = interval_linear(lo, hi, w)
     return delta
 
 
