@@ -1,0 +1,128 @@
+"""SyntheticImageDataset: DeepInversion images as an ordinary MMEngine training dataset.
+
+No real image is read. ``prepare(teacher, task)`` fills an on-disk cache batch by batch
+(resumable, sharded over ranks); afterwards items are ``dict(inputs=Tensor[C, H, W])`` in the
+teacher's normalised input space, which MMEngine's ``pseudo_collate`` and ``DefaultSampler``
+handle like any other dataset.
+"""
+import hashlib
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..registry import DATASETS, SYNTHESIZERS
+from ..stock_model import pixel_range
+from .cache import BatchCache, cache_key, hash_state_dict
+from .inversion_target import TASKS, inversion_target, num_classes_of
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """Seed of batch ``index``: a hash of (seed, index), so batches are independent streams."""
+    digest = hashlib.sha256(f'dfbf-synthesis:{seed}:{index}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'little') & (2**63 - 1)
+
+
+@DATASETS.register_module()
+class SyntheticImageDataset(Dataset):
+    """``num_images`` DeepInversion images from a teacher, cached per batch under ``cache_dir``.
+
+    Args:
+        num_images: dataset length; the last batch is synthesised whole (BN statistics need
+            the full batch) and only its first images are used.
+        batch_size: images optimised together (>= 2).
+        image_size: (H, W) of every image.
+        synthesizer: config of a ``SYNTHESIZERS`` type, e.g. ``dict(type='DeepInversionSynthesizer',
+            preset='fast')``.
+        cache_dir: root of the cache; batches live in ``cache_dir/<key>/``.
+        seed: base seed; batch b uses :func:`batch_seed` (seed, b).
+        num_classes: classes for the balanced CE labels (default: the teacher head's).
+    """
+
+    def __init__(self, num_images: int, batch_size: int, image_size: Tuple[int, int],
+                 synthesizer: dict, cache_dir: str, seed: int = 0, num_classes: Optional[int] = None):
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f'num_images: must be a positive integer, got {num_images!r}')
+        if not isinstance(batch_size, int) or batch_size < 2:
+            raise ValueError(f'batch_size: DeepInversion needs at least 2 images per batch '
+                             f'(per-batch BN statistics are undefined for 1), got {batch_size!r}')
+        if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+                or not all(isinstance(v, int) and v > 0 for v in image_size)):
+            raise ValueError(f'image_size: must be (H, W) positive integers, got {image_size!r}')
+        if not cache_dir:
+            raise ValueError('cache_dir: a directory for the synthetic batches is required')
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f'num_classes: must be a positive integer, got {num_classes!r}')
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.image_size = tuple(image_size)
+        self.synthesizer = SYNTHESIZERS.build(synthesizer) if isinstance(synthesizer, dict) else synthesizer
+        self.cache_dir = cache_dir
+        self.seed = int(seed)
+        self.num_classes = num_classes
+        self.num_batches = -(-num_images // batch_size)
+        self.cache: Optional[BatchCache] = None
+        self._shape = None
+        self._batches: Dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def prepare(self, teacher_model: nn.Module, task: str, rank: int = 0, world_size: int = 1,
+                progress: bool = True) -> Dict[str, int]:
+        """Synthesise this rank's missing batches (b % world_size == rank) into the cache.
+
+        The caller synchronises ranks (barrier) before reading; returns counts of batches
+        ``generated`` and ``reused`` by this rank.
+        """
+        if task not in TASKS:
+            raise ValueError(f'task: {task!r} is not one of {", ".join(TASKS)}')
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
+                and 0 <= rank < world_size):
+            raise ValueError(f'rank: must satisfy 0 <= rank < world_size, got rank={rank!r}, '
+                             f'world_size={world_size!r}')
+        target = inversion_target(teacher_model, task)
+        lo, hi = pixel_range(teacher_model)
+        num_classes = self.num_classes or (num_classes_of(teacher_model) if task == 'classification' else None)
+        config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
+        key = cache_key(hash_state_dict(teacher_model.state_dict()), synthesizer=config, seed=self.seed,
+                        image_size=self.image_size, batch_size=self.batch_size, task=task,
+                        num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()])
+        self.cache = BatchCache(self.cache_dir, key)
+        self._shape = (self.batch_size, lo.shape[0], *self.image_size)
+        self._batches = {}
+        mine = [b for b in range(self.num_batches) if b % world_size == rank]
+        todo = [b for b in mine if self.cache.load(b, self._shape) is None]
+        print_log(f'synthetic_data: {len(mine) - len(todo)} of {len(mine)} batches cached in '
+                  f'{self.cache.dir}; synthesising {len(todo)}', logger='current')
+        for b in tqdm(todo, desc='synthetic batches', disable=not progress or len(todo) < 2):
+            labels = None
+            if task == 'classification' and num_classes:
+                # Balanced over the whole dataset: consecutive batches continue the cycle.
+                labels = (torch.arange(self.batch_size) + b * self.batch_size) % num_classes
+            images, stats = self.synthesizer.synthesize(
+                target, self.batch_size, self.image_size, (lo, hi), batch_seed(self.seed, b),
+                labels=labels, progress=progress)
+            self.cache.save(b, images, labels=labels, stats=stats)
+        return dict(generated=len(todo), reused=len(mine) - len(todo))
+
+    def _batch(self, b: int) -> torch.Tensor:
+        if b not in self._batches:
+            record = self.cache.load(b, self._shape)
+            if record is None:
+                raise RuntimeError(f'synthetic_data: batch {b} is missing from {self.cache.dir}; '
+                                   'run prepare() on every rank and wait for all of them first')
+            self._batches[b] = record['images']
+        return self._batches[b]
+
+    def __getitem__(self, index: int) -> dict:
+        if self.cache is None:
+            raise RuntimeError('synthetic_data: SyntheticImageDataset.prepare(teacher_model, task) '
+                               'must run before images can be read')
+        if not -self.num_images <= index < self.num_images:
+            raise IndexError(f'index {index} out of range for {self.num_images} synthetic images')
+        index %= self.num_images
+        return dict(inputs=self._batch(index // self.batch_size)[index % self.batch_size])

@@ -1,0 +1,260 @@
+"""DeepInversion: optimise a batch of input pixels until the teacher's BN statistics match.
+
+Implements spec §2 (DeepInversion, Yin et al. CVPR 2020, as used by DFBF): BN-statistics
+matching on every BN-like layer, TV and l2 image priors, cross-entropy towards balanced
+labels for classifiers and an optional Adaptive-DeepInversion competition term against a
+student; random roll jitter and flips drawn from a seeded generator, one or two resolution
+phases, Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's
+own valid pixel range after every step.
+"""
+import contextlib
+import math
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..registry import SYNTHESIZERS
+from .bn_statistics import BNStatisticsLoss
+from .inversion_target import check_image_size
+from .presets import get_preset
+from .priors import TV_NORMS, l2_prior, total_variation
+
+
+def _lr_factor(iters: int, warmup: int, schedule: str):
+    """LambdaLR factor: linear warm-up, then constant or cosine decay to 0 over the phase."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == 'constant':
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, iters - warmup)))
+    return factor
+
+
+def _as_distribution_logits(out) -> torch.Tensor:
+    """(N, K) scores from a model output: logits as they are, feature maps pooled over space.
+
+    The competition term needs a class-like distribution; for a backbone we use the softmax
+    over channels of its last, globally averaged feature map.
+    """
+    if isinstance(out, (tuple, list)):
+        out = out[-1]
+    out = out.float()
+    return out.flatten(2).mean(2) if out.dim() > 2 else out
+
+
+def js_competition(teacher_out, student_out, temperature: float) -> torch.Tensor:
+    """Adaptive-DeepInversion term ``1 - JS(teacher, student)``: small when they disagree."""
+    p = F.softmax(_as_distribution_logits(student_out) / temperature, dim=1)
+    q = F.softmax(_as_distribution_logits(teacher_out) / temperature, dim=1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
+    js = 0.5 * F.kl_div(p.log(), m, reduction='batchmean') + 0.5 * F.kl_div(q.log(), m, reduction='batchmean')
+    return 1.0 - js.clamp(0.0, 1.0)
+
+
+@contextlib.contextmanager
+def frozen_eval(*modules: Optional[nn.Module]):
+    """Eval mode and ``requires_grad=False`` inside; every module's previous state after."""
+    modules = [m for m in modules if m is not None]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    try:
+        for m in modules:
+            m.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for sub, mode in modes:
+            sub.training = mode
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+@SYNTHESIZERS.register_module()
+class DeepInversionSynthesizer:
+    """Synthesise image batches from a trained network's BatchNorm statistics.
+
+    Args:
+        preset: a name from :data:`dfbf_mm.synthesis.presets.PRESETS` (``classification``,
+            ``detection``, ``pose``, ``fast``).
+        **overrides: any setting of :data:`dfbf_mm.synthesis.presets.SETTINGS_DOC`, replacing the preset's value.
+    """
+
+    def __init__(self, preset: str = 'classification', **overrides):
+        settings = get_preset(preset)
+        for key in overrides:
+            if key not in settings:
+                raise ValueError(f'{key}: not a DeepInversion setting; known settings: '
+                                 f'{", ".join(sorted(settings))}')
+        settings.update(overrides)
+        self._validate(settings)
+        self.preset = preset
+        self.settings = settings
+        self._checked_sizes = set()
+
+    @staticmethod
+    def _validate(s: dict) -> None:
+        for key in ('iterations', 'half_res_iterations', 'warmup_iters', 'jitter', 'half_res_jitter'):
+            if not isinstance(s[key], int) or s[key] < 0:
+                raise ValueError(f'{key}: must be a non-negative integer, got {s[key]!r}')
+        if s['iterations'] + s['half_res_iterations'] == 0:
+            raise ValueError('iterations: iterations + half_res_iterations must be positive')
+        if not s['lr'] > 0:
+            raise ValueError(f'lr: must be positive, got {s["lr"]!r}')
+        if s['lr_schedule'] not in ('constant', 'cosine'):
+            raise ValueError(f"lr_schedule: {s['lr_schedule']!r} is not 'constant' or 'cosine'")
+        if s['tv_norm'] not in TV_NORMS:
+            raise ValueError(f'tv_norm: {s["tv_norm"]!r} is not one of {", ".join(TV_NORMS)}')
+        s['betas'] = tuple(float(b) for b in s['betas'])
+
+    @property
+    def passes_per_batch(self) -> int:
+        """Teacher forward+backward passes spent on one batch."""
+        return self.settings['iterations'] + self.settings['half_res_iterations']
+
+    def config(self) -> dict:
+        """The fully resolved settings (what changes the images), for cache keys and logs."""
+        return dict(type=type(self).__name__, **self.settings)
+
+    def _phases(self) -> Sequence[Tuple[int, int, int]]:
+        """(down-sampling factor, iterations, jitter) per resolution phase."""
+        s = self.settings
+        phases = []
+        if s['half_res_iterations']:
+            phases.append((2, s['half_res_iterations'], s['half_res_jitter']))
+        if s['iterations']:
+            phases.append((1, s['iterations'], s['jitter']))
+        return phases
+
+    def synthesize(self, target: nn.Module, batch_size: int, image_size: Tuple[int, int],
+                   pixel_range: Tuple[torch.Tensor, torch.Tensor], seed: int,
+                   labels: Optional[torch.Tensor] = None, progress: bool = True,
+                   student: Optional[nn.Module] = None,
+                   init: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Optimise one batch; returns ``(images (N, C, H, W) normalised, stats)``.
+
+        Args:
+            target: the module to invert (see :func:`inversion_target`); runs frozen in eval
+                mode, its previous mode and ``requires_grad`` are restored afterwards.
+            pixel_range: ``(lo, hi)`` per channel (C, 1, 1) in normalised space.
+            seed: seeds the initial noise and every jitter/flip draw (same seed, same images
+                on CPU).
+            labels: CE targets for a logits target; default: balanced ``arange(N) % K``.
+            student: for the competition term (``adi_weight > 0``).
+            init: start from these images instead of N(0, 1) noise (warm start).
+        """
+        s = self.settings
+        if not isinstance(batch_size, int) or batch_size < 2:
+            raise ValueError(f'batch_size: DeepInversion needs at least 2 images per batch '
+                             f'(per-batch BN statistics are undefined for 1), got {batch_size!r}')
+        if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+                or not all(isinstance(v, int) and v > 0 for v in image_size)):
+            raise ValueError(f'image_size: must be (H, W) positive integers, got {image_size!r}')
+        lo, hi = pixel_range
+        if lo.dim() != 3 or lo.shape[1:] != (1, 1) or lo.shape != hi.shape:
+            raise ValueError(f'pixel_range: expected two (C, 1, 1) tensors, got shapes '
+                             f'{tuple(lo.shape)} and {tuple(hi.shape)}')
+        if s['adi_weight'] > 0 and student is None:
+            raise ValueError('student: adi_weight > 0 needs a student model to compete with')
+        h, w = image_size
+        channels = lo.shape[0]
+        bn_hooks = BNStatisticsLoss(target, s['first_bn_multiplier'])
+        device = next(target.parameters()).device
+        phases = self._phases()
+        sizes = tuple((h // f, w // f) for f, _, _ in phases)
+        if (id(target), sizes, str(device)) not in self._checked_sizes:
+            check_image_size(target, sizes, channels, device)
+            self._checked_sizes.add((id(target), sizes, str(device)))
+
+        gen = torch.Generator().manual_seed(int(seed))
+        if init is not None:
+            if tuple(init.shape) != (batch_size, channels, h, w):
+                raise ValueError(f'init: expected shape {(batch_size, channels, h, w)}, got {tuple(init.shape)}')
+            x = init.detach().clone().float()
+        else:
+            x = torch.randn(batch_size, channels, h, w, generator=gen)
+        x = x.to(device).requires_grad_(True)
+        lo, hi = lo.to(device), hi.to(device)
+        use_amp = s['amp'] and device.type == 'cuda' and torch.cuda.is_bf16_supported()
+        autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+        if labels is not None:
+            labels = labels.to(device).long()
+
+        passes = student_passes = 0
+        terms: Dict[str, torch.Tensor] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=sum(p[1] for p in phases), desc='DeepInversion', disable=not progress,
+                   dynamic_ncols=True, leave=False)
+        try:
+            with frozen_eval(target, student), bn_hooks:
+                for factor, iters, jitter in phases:
+                    optimizer = torch.optim.Adam([x], lr=s['lr'], betas=s['betas'])
+                    scheduler = torch.optim.lr_scheduler.LambdaLR(
+                        optimizer, _lr_factor(iters, s['warmup_iters'], s['lr_schedule']))
+                    for it in range(iters):
+                        xj = F.avg_pool2d(x, factor) if factor > 1 else x
+                        # Draws happen whatever the settings, so one seed gives one random stream.
+                        dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+                        flip = bool(torch.rand(1, generator=gen).item() < 0.5)
+                        if jitter:
+                            xj = torch.roll(xj, shifts=(dy, dx), dims=(2, 3))
+                        if s['flip'] and flip:
+                            xj = torch.flip(xj, dims=(3,))
+                        optimizer.zero_grad(set_to_none=True)
+                        bn_hooks.reset()
+                        with autocast():
+                            out = target(xj)
+                            student_out = student(xj) if s['adi_weight'] > 0 else None
+                        terms = self._loss_terms(bn_hooks, xj, out, student_out, labels)
+                        terms['loss'].backward()
+                        optimizer.step()
+                        scheduler.step()
+                        with torch.no_grad():
+                            x.clamp_(lo, hi)
+                        passes += 1
+                        student_passes += student_out is not None
+                        if progress and (it % 10 == 0 or it == iters - 1):
+                            bar.set_postfix({k: f'{v.item():.3g}' for k, v in terms.items()
+                                             if k != 'loss'}, refresh=False)
+                        bar.update(1)
+                with torch.no_grad():
+                    bn_hooks.reset()
+                    target(x)
+                    bn_eval = bn_hooks.loss().item()
+        finally:
+            bar.close()
+        stats = {k: float(v.detach().item()) for k, v in terms.items()}
+        stats.update(bn_eval=bn_eval, teacher_passes=passes, student_passes=student_passes,
+                     seconds=time.perf_counter() - start)
+        return x.detach(), stats
+
+    def _loss_terms(self, bn_hooks, xj, out, student_out, labels) -> Dict[str, torch.Tensor]:
+        """The unweighted loss terms and their weighted sum ``loss``."""
+        s = self.settings
+        terms = dict(bn=bn_hooks.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
+        loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
+        if s['ce_weight'] > 0 and (labels is not None or (torch.is_tensor(out) and out.dim() == 2)):
+            if not (torch.is_tensor(out) and out.dim() == 2):
+                raise ValueError(f'labels: a CE term needs a logits target, but it returns '
+                                 f'{type(out).__name__}; use the whole classifier as target')
+            if labels is None:
+                labels = torch.arange(out.shape[0], device=out.device) % out.shape[1]
+            terms['ce'] = F.cross_entropy(out.float(), labels)
+            loss = loss + s['ce_weight'] * terms['ce']
+        if student_out is not None:
+            terms['adi'] = js_competition(out, student_out, s['adi_temperature'])
+            loss = loss + s['adi_weight'] * terms['adi']
+        terms['loss'] = loss
+        return terms
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(preset={self.preset!r}, passes_per_batch={self.passes_per_batch})'
+
+
+__all__ = ['DeepInversionSynthesizer', 'js_competition', 'frozen_eval']

@@ -1,0 +1,57 @@
+"""Named DeepInversion settings.
+
+``classification`` and ``detection``/``pose`` are the reference's settings (spec §2);
+``fast`` is our schedule measured in tools/benchmarks/synthesis_speed.py (docs/synthesis_speed.md):
+the classification loss weights with a much shorter, more aggressive schedule.
+"""
+import copy
+
+# Every setting a synthesizer understands, with its meaning; a preset gives each a value.
+SETTINGS_DOC = {
+    'iterations': 'Adam steps at full resolution',
+    'half_res_iterations': 'Adam steps before those, on the 2x avg-pooled image (0: single phase)',
+    'lr': 'Adam learning rate',
+    'betas': 'Adam betas',
+    'lr_schedule': "'constant' or 'cosine' (per phase, after warm-up)",
+    'warmup_iters': 'linear warm-up steps at the start of each phase',
+    'jitter': 'max random roll in pixels at full resolution',
+    'half_res_jitter': 'max random roll in pixels in the half-resolution phase',
+    'flip': 'random horizontal flip',
+    'bn_weight': 'lambda_BN',
+    'first_bn_multiplier': 'extra factor on the first BN layer term',
+    'tv_weight': 'lambda_TV',
+    'tv_norm': "'l2' (reference) or 'l1' total variation",
+    'l2_weight': 'lambda_l2',
+    'ce_weight': 'lambda_CE (classifiers only; balanced target labels)',
+    'adi_weight': 'Adaptive-DeepInversion competition weight (needs a student)',
+    'adi_temperature': 'softmax temperature of the competition term',
+    'amp': 'autocast (bf16) where CUDA is present',
+}
+
+_CLASSIFICATION = dict(
+    iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',
+    warmup_iters=100, jitter=2, half_res_jitter=1, flip=False, bn_weight=10.0,
+    first_bn_multiplier=1.0, tv_weight=1e-3, tv_norm='l2', l2_weight=0.0, ce_weight=1.0,
+    adi_weight=0.0, adi_temperature=3.0, amp=True)
+
+_DETECTION = dict(
+    iterations=1000, half_res_iterations=2000, lr=0.25, betas=(0.5, 0.9), lr_schedule='constant',
+    warmup_iters=0, jitter=30, half_res_jitter=15, flip=True, bn_weight=0.01,
+    first_bn_multiplier=10.0, tv_weight=1e-4, tv_norm='l2', l2_weight=1e-5, ce_weight=0.0,
+    adi_weight=0.0, adi_temperature=3.0, amp=True)
+
+PRESETS = {
+    'classification': _CLASSIFICATION,
+    'detection': _DETECTION,
+    'pose': dict(_DETECTION),
+    # 1/10 of the reference passes: see docs/synthesis_speed.md for the measurement.
+    'fast': dict(_CLASSIFICATION, iterations=200, lr=0.25, warmup_iters=10),
+}
+
+
+def get_preset(name: str) -> dict:
+    """A copy of the settings of preset ``name``, or a one-line error listing the presets."""
+    if name not in PRESETS:
+        raise ValueError(f'preset: {name!r} is not a synthesis preset; choose one of '
+                         f'{", ".join(sorted(PRESETS))}')
+    return copy.deepcopy(PRESETS[name])
