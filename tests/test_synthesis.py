@@ -1,0 +1,163 @@
+"""DeepInversionSynthesizer: determinism, the loss, state restoration and one-line errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from torch import nn
+
+from dfbf_mm.registry import SYNTHESIZERS
+from dfbf_mm.stock_model import build_stock_model, pixel_range
+from dfbf_mm.synthesis import (BNStatisticsLoss, DeepInversionSynthesizer, bn_layers, inversion_target,
+                               total_variation)
+
+torch.set_num_threads(1)  # the test machine is shared; oversubscribed threads are 20x slower
+
+
+def tiny_classifier():
+    cfg = Config(dict(
+        default_scope='mmpretrain',
+        model=dict(type='ImageClassifier',
+                   backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=4, base_channels=4),
+                   neck=dict(type='GlobalAveragePooling'),
+                   head=dict(type='LinearClsHead', num_classes=5, in_channels=32)),
+        data_preprocessor=dict(type='ClsDataPreprocessor', mean=[120., 110., 100.],
+                               std=[60., 50., 40.], to_rgb=True)))
+    return build_stock_model(cfg)
+
+
+def calibrated(model):
+    """Give BN running statistics of a smooth, colour-biased image distribution (unlike N(0, 1)
+    noise), as training would; DeepInversion must then move noise towards that distribution."""
+    g = torch.Generator().manual_seed(3)
+    for _, bn in bn_layers(model):
+        bn.momentum = None  # cumulative average
+        bn.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            low = torch.randn(32, 3, 4, 4, generator=g)
+            smooth = F.interpolate(low, size=(16, 16), mode='bilinear', align_corners=False)
+            model(smooth * 0.8 + torch.tensor([0.5, -0.3, 0.2]).view(1, 3, 1, 1), mode='tensor')
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope='module')
+def model():
+    return tiny_classifier()
+
+
+def run(model, synth=None, **kw):
+    synth = synth or DeepInversionSynthesizer('classification', iterations=6, warmup_iters=2)
+    args = dict(batch_size=3, image_size=(16, 16), pixel_range=pixel_range(model), seed=0, progress=False)
+    args.update(kw)
+    return synth.synthesize(inversion_target(model, 'classification'), **args)
+
+
+def test_same_seed_same_images_and_clamped(model):
+    a, stats = run(model, seed=7)
+    b, _ = run(model, seed=7)
+    c, _ = run(model, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    lo, hi = pixel_range(model)
+    assert a.shape == (3, 3, 16, 16)
+    assert (a >= lo - 1e-6).all() and (a <= hi + 1e-6).all()
+    assert stats['teacher_passes'] == 6 and set(stats) >= {'bn', 'tv', 'l2', 'ce', 'bn_eval'}
+
+
+def test_optimisation_lowers_bn_loss():
+    model = calibrated(tiny_classifier())
+    target = inversion_target(model, 'classification')
+    noise = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with BNStatisticsLoss(target) as bn, torch.no_grad():
+        target(noise)
+        start = bn.loss().item()
+    synth = DeepInversionSynthesizer('classification', iterations=25, lr=0.05, warmup_iters=0,
+                                      tv_weight=0.0, ce_weight=0.0)
+    _, stats = run(model, synth, batch_size=4, seed=0)
+    assert stats['bn_eval'] < 0.5 * start
+
+
+def test_target_state_restored_and_hooks_removed(model):
+    model.train()
+    model.head.fc.weight.requires_grad_(False)
+    run(model)
+    assert model.training and model.backbone.layer1[0].bn1.training
+    assert not model.head.fc.weight.requires_grad
+    assert model.backbone.conv1.weight.requires_grad
+    assert all(not m._forward_hooks for _, m in bn_layers(model))
+    model.head.fc.weight.requires_grad_(True)
+
+
+def test_hooks_removed_when_forward_fails(model):
+    target = inversion_target(model, 'classification')
+    with pytest.raises(RuntimeError):
+        with BNStatisticsLoss(target):
+            target(torch.zeros(2, 5, 16, 16))  # wrong channel count
+    assert all(not m._forward_hooks for _, m in bn_layers(model))
+
+
+def test_two_phase_and_competition_term(model):
+    student = tiny_classifier()
+    student.train()
+    synth = SYNTHESIZERS.build(dict(type='DeepInversionSynthesizer', preset='detection',
+                                    iterations=2, half_res_iterations=3, jitter=2, half_res_jitter=1,
+                                    adi_weight=1.0))
+    images, stats = run(model, synth, image_size=(32, 32), student=student)
+    assert images.shape == (3, 3, 32, 32)
+    assert stats['teacher_passes'] == 5 and stats['student_passes'] == 5
+    assert 0.0 <= stats['adi'] <= 1.0
+    assert student.training
+
+
+def test_backbone_target_for_detection():
+    from mmdet.models.backbones import ResNet
+    backbone = ResNet(depth=18, base_channels=4, out_indices=(0, 1, 2, 3))
+    detector = nn.Module()
+    detector.backbone = backbone
+    target = inversion_target(detector, 'detection')
+    assert target is backbone
+    lo, hi = -torch.ones(3, 1, 1), torch.ones(3, 1, 1)
+    synth = DeepInversionSynthesizer('detection', iterations=2, half_res_iterations=0, jitter=4)
+    images, stats = synth.synthesize(target, 2, (64, 64), (lo, hi), seed=1, progress=False)
+    assert 'ce' not in stats and images.abs().max() <= 1.0
+    with pytest.raises(ValueError, match=r'^image_size: \(8, 8\) is smaller than the total stride 32'):
+        DeepInversionSynthesizer('detection', iterations=1, half_res_iterations=1).synthesize(
+            target, 2, (16, 16), (lo, hi), seed=1, progress=False)
+
+
+def test_bn_like_layers_found():
+    from mmcv.cnn import build_norm_layer
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), build_norm_layer(dict(type='BN'), 4)[1],
+                        nn.Flatten(), nn.LazyLinear(6), nn.BatchNorm1d(6),
+                        nn.BatchNorm1d(6, track_running_stats=False), nn.LayerNorm(6))
+    assert [name for name, _ in bn_layers(net)] == ['1', '2', '5']
+
+
+def test_total_variation():
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    assert total_variation(flat).item() == 0.0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., ::2] = 1.0
+    # horizontal diffs: 12 of size 1; vertical 0; both diagonals 9 each.
+    assert total_variation(stripes, 'l2').item() == pytest.approx(12 ** 0.5 + 2 * 3.0)
+    assert total_variation(stripes, 'l1').item() == pytest.approx(1.0 + 0 + 1.0 + 1.0)
+
+
+def test_one_line_errors(model):
+    with pytest.raises(ValueError, match=r"^preset: 'nope' is not a synthesis preset; choose one of .*classification"):
+        SYNTHESIZERS.build(dict(type='DeepInversionSynthesizer', preset='nope'))
+    with pytest.raises(ValueError, match='^itterations: not a DeepInversion setting'):
+        DeepInversionSynthesizer(itterations=3)
+    with pytest.raises(ValueError, match='^batch_size: DeepInversion needs at least 2'):
+        run(model, batch_size=1)
+    with pytest.raises(ValueError, match=r'^image_size: \(4, 4\) is smaller than the total stride 8'):
+        run(model, image_size=(4, 4))
+    no_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match='^target: Sequential has no BatchNorm layers; DeepInversion needs BN'):
+        DeepInversionSynthesizer().synthesize(no_bn, 2, (8, 8), pixel_range(model), seed=0)
+    with pytest.raises(ValueError, match='^student: adi_weight > 0 needs a student'):
+        run(model, DeepInversionSynthesizer(adi_weight=1.0))
+    with pytest.raises(ValueError, match=r'^image_size: must be \(H, W\)'):
+        run(model, image_size=(16,))
