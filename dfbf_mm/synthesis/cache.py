@@ -65,7 +65,7 @@ class BatchCache:
             elif not torch.isfinite(images).all():
                 problem = 'images hold non-finite values'
         except Exception as e:  # truncated or foreign file
-            problem = f'unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})'
+            problem = f'unreadable: {type(e).__name__}'
         if problem is None:
             return record
         print_log(f'synthetic_data: cache file {path} is invalid ({problem}); regenerating it',

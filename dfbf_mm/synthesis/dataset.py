@@ -59,7 +59,10 @@ class SyntheticImageDataset(Dataset):
         self.num_images = num_images
         self.batch_size = batch_size
         self.image_size = tuple(image_size)
-        self.synthesizer = SYNTHESIZERS.build(synthesizer) if isinstance(synthesizer, dict) else synthesizer
+        if isinstance(synthesizer, dict):
+            # _scope_: SYNTHESIZERS lives in scope dfbf_mm, not in the config's default scope.
+            synthesizer = SYNTHESIZERS.build(dict(synthesizer, _scope_='dfbf_mm'))
+        self.synthesizer = synthesizer
         self.cache_dir = cache_dir
         self.seed = int(seed)
         self.num_classes = num_classes
