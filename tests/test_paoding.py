@@ -181,3 +181,50 @@ def test_mmpretrain_stacked_head_and_tanh_error():
     from mmpretrain.models.backbones import LeNet5
     with pytest.raises(ValueError, match=r'^model: .*classifier.0.*activation found: Tanh'):
         build().prune(LeNet5(num_classes=10), example_input=torch.rand(2, 1, 32, 32))
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.ReLU(),
+                          nn.Linear(16, 4))
+    for bn in (model[1], model[4]):
+        with torch.no_grad():
+            bn.weight.uniform_(-1.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_conv_block_extension_fold_merge_intervals_and_removal():
+    from dfbf_mm.pruning.paoding.conv_blocks import find_conv_blocks, fold_batchnorm
+    model = small_cnn()
+    with torch.no_grad():  # channel 2 duplicates channel 5 (filter and BN)
+        model[0].weight[2], model[0].bias[2] = model[0].weight[5], model[0].bias[5]
+        for t in (model[1].weight, model[1].bias, model[1].running_mean, model[1].running_var):
+            t[2] = t[5]
+    x = torch.rand(16, 3, 8, 8)
+    ref = model(x)
+    blocks = find_conv_blocks(trace_leaves(model, x[:1]))
+    assert [(b.name, b.bn_name, b.next_name) for b in blocks] == [('0', '1', '3')]
+    fold_batchnorm(model, blocks[0])
+    assert isinstance(model[1], nn.Identity) and torch.allclose(model(x), ref, atol=1e-5)
+    merge_units(model[0], model[3], removed=2, kept=5)
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+    # channel intervals contain every post-ReLU value of conv1
+    pruner = build(conv_blocks=True)
+    steps = trace_leaves(model, x[:1])
+    lo, hi = pruner._conv_channel_box(steps, find_conv_blocks(steps)[0], x[:1])
+    h = torch.relu(model[0](torch.rand(500, 3, 8, 8)))
+    assert (h.amin((0, 2, 3)) >= lo.float() - 1e-5).all() and (h.amax((0, 2, 3)) <= hi.float() + 1e-5).all()
+
+    model = small_cnn()
+    recs = build(conv_blocks=True, target=0.5, step=0.25).prune(
+        model, example_input=x[:1], evaluate=lambda m: m(x).detach().clone())
+    assert set(recs[-1]['widths']) == {'0', '8'}
+    assert model[0].out_channels == 4 and model[3].in_channels == 4 and model[0].weight.shape[0] == 4
+    assert model[8].out_features == 8 and model[10].in_features == 8
+    assert torch.allclose(model(x), recs[-1]['metrics'], atol=1e-5)

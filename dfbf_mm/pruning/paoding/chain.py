@@ -97,11 +97,13 @@ def _describe(steps: Sequence[TraceStep]) -> str:
     return '+'.join(type(s.module).__name__ for s in steps) or 'none'
 
 
-def find_dense_chains(steps: List[TraceStep], layers: Optional[Sequence[str]] = None) -> List[DenseChain]:
+def find_dense_chains(steps: List[TraceStep], layers: Optional[Sequence[str]] = None,
+                      required: bool = True) -> List[DenseChain]:
     """Dense chains in ``steps``; raises one line for a Linear->?->Linear link it cannot prune.
 
     ``layers`` (fnmatch patterns on module names) restricts which hidden layers are pruned;
-    a pattern matching no Linear is an error.
+    a pattern matching no Linear is an error. ``required=False`` (other unit kinds are pruned
+    too) allows finding none and leaves the pattern check to the caller.
     """
     calls = {}
     for s in steps:
@@ -144,7 +146,7 @@ def find_dense_chains(steps: List[TraceStep], layers: Optional[Sequence[str]] = 
         chains.append(DenseChain(names, mods, acts, i))
 
     hidden = [n for c in chains for n in c.names[:-1]]
-    if layers is not None:
+    if layers is not None and required:
         for p in layers:
             if not any(fnmatch.fnmatch(s.name, p) for s in steps if isinstance(s.module, nn.Linear)):
                 raise ValueError(f'layers: pattern {p!r} matches no Linear layer of the model')
@@ -153,7 +155,7 @@ def find_dense_chains(steps: List[TraceStep], layers: Optional[Sequence[str]] = 
                                  'other Linear (output layers cannot be pruned)')
     for c in chains:
         c.prunable = [layers is None or any(fnmatch.fnmatch(n, p) for p in layers) for n in c.names[:-1]]
-    if not any(any(c.prunable) for c in chains):
+    if required and not any(any(c.prunable) for c in chains):
         raise ValueError('model: no prunable dense layer found (Paoding needs nn.Linear -> nn.ReLU/'
                          'nn.Sigmoid module -> nn.Linear; functional activations are not visible)')
     return chains

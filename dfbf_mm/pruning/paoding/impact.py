@@ -38,12 +38,16 @@ class Downstream:
 
 
 def merge_delta(h: Box, w_out: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor) -> Box:
-    """Boxes (P, fan_out) of the next pre-activation change for P merges ``removed -> kept``."""
+    """Boxes (P, fan_out) of the next pre-activation change for P merges ``removed -> kept``.
+
+    ``w_out``: the next layer's weight, (fan_out, n) for Linear or (fan_out, n, kh, kw) for a
+    conv, whose change at one pixel sums the kernel taps, each tap seeing a change in the box.
+    """
     lo, hi = h
-    d_lo, d_hi = (lo[kept] - hi[removed])[:, None], (hi[kept] - lo[removed])[:, None]
-    o = w_out[:, removed].T
+    d_lo, d_hi = (lo[kept] - hi[removed])[:, None, None], (hi[kept] - lo[removed])[:, None, None]
+    o = w_out[:, removed].transpose(0, 1).reshape(len(removed), w_out.shape[0], -1)
     a, b = o * d_lo, o * d_hi
-    return torch.minimum(a, b), torch.maximum(a, b)
+    return torch.minimum(a, b).sum(-1), torch.maximum(a, b).sum(-1)
 
 
 def _slope_range(z: Box, delta: Box, act: str) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -38,8 +38,10 @@ def interval_linear(lo: torch.Tensor, hi: torch.Tensor, weight: torch.Tensor,
 def interval_conv(lo: torch.Tensor, hi: torch.Tensor, conv: nn.Module) -> Box:
     """Box of a Conv1d/Conv2d output (centre-radius form: exact for one affine op)."""
     mid, rad = (hi + lo) / 2, (hi - lo) / 2
-    out_mid = conv._conv_forward(mid, conv.weight, conv.bias)
-    out_rad = conv._conv_forward(rad, conv.weight.abs(), None)
+    w = conv.weight.detach().to(lo.dtype)
+    b = conv.bias.detach().to(lo.dtype) if conv.bias is not None else None
+    out_mid = conv._conv_forward(mid, w, b)
+    out_rad = conv._conv_forward(rad, w.abs(), None)
     return out_mid - out_rad, out_mid + out_rad
 
 

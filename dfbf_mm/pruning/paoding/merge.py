@@ -1,5 +1,9 @@
 """Pair merge (masking during the loop) and physical removal of merged units at the end.
 
+Works for Linear units (rows of ``layer``, columns of ``next_layer``) and for conv channels
+(output channels of ``layer``, input channels of ``next_layer``): both index units on dim 0 of
+the layer's weight and dim 1 of the next layer's weight.
+
 During the progressive loop a merged unit stays in the tensors but is dead: its outgoing
 weights are moved onto the kept unit and zeroed, its incoming weights and bias zeroed. A dead
 unit then cannot influence anything, so the masked model and the physically shrunk model
@@ -12,7 +16,7 @@ import torch.nn as nn
 
 
 @torch.no_grad()
-def merge_units(layer: nn.Linear, next_layer: nn.Linear, removed: int, kept: int) -> None:
+def merge_units(layer: nn.Module, next_layer: nn.Module, removed: int, kept: int) -> None:
     """Merge hidden unit ``removed`` of ``layer`` into unit ``kept`` (in place).
 
     The next layer then reads ``h_kept`` where it read ``h_removed``: exact when the two units
@@ -33,7 +37,7 @@ def _shrink(param: torch.Tensor, index: torch.Tensor, dim: int) -> nn.Parameter:
 
 
 @torch.no_grad()
-def remove_units(layer: nn.Linear, next_layer: nn.Linear, keep: Sequence[int]) -> None:
+def remove_units(layer: nn.Module, next_layer: nn.Module, keep: Sequence[int]) -> None:
     """Physically keep only units ``keep`` of ``layer`` (its rows, ``next_layer``'s columns)."""
     index = torch.as_tensor(sorted(int(k) for k in keep), dtype=torch.long,
                             device=layer.weight.device)
@@ -42,6 +46,12 @@ def remove_units(layer: nn.Linear, next_layer: nn.Linear, keep: Sequence[int]) -
     layer.weight = _shrink(layer.weight, index, 0)
     if layer.bias is not None:
         layer.bias = _shrink(layer.bias, index, 0)
-    layer.out_features = index.numel()
     next_layer.weight = _shrink(next_layer.weight, index, 1)
-    next_layer.in_features = index.numel()
+    if isinstance(layer, nn.Linear):
+        layer.out_features = index.numel()
+    else:
+        layer.out_channels = index.numel()
+    if isinstance(next_layer, nn.Linear):
+        next_layer.in_features = index.numel()
+    else:
+        next_layer.in_channels = index.numel()

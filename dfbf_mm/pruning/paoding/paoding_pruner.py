@@ -13,6 +13,7 @@ re-implemented from the description in docs/specs (no data is used for any decis
 
 Units are masked (dead, exactly equivalent) during the loop and physically removed at the end.
 """
+import fnmatch
 import math
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -24,8 +25,9 @@ from tqdm import tqdm
 
 from dfbf_mm.registry import PRUNERS
 from .chain import DenseChain, find_dense_chains, trace_leaves
+from .conv_blocks import ConvBlock, find_conv_blocks, fold_batchnorm
 from .impact import DEFAULT_ALPHA, Downstream, impact_score, merge_delta, propagate_delta
-from .intervals import Box, act_box, interval_linear, interval_module, is_supported
+from .intervals import Box, act_box, interval_conv, interval_linear, interval_module, is_supported
 from .merge import merge_units, remove_units
 from .saliency import disjoint_pairs, saliency_matrix
 
@@ -62,6 +64,8 @@ class PaodingPruner:
         theta: similarity threshold of ENT.
         interval_start: 'auto' (from the model input when every op before the dense chain is
             sequential and supported, else from the first Linear), 'input' or 'dense'.
+        conv_blocks: also prune the inner channels of ``conv -> [BN] -> ReLU/Sigmoid -> conv``
+            blocks (our extension, see :mod:`.conv_blocks`; BN is folded into the conv first).
     """
 
     def __init__(self, target: float = 0.5, step: float = 0.05, mode: str = 'stochastic',
@@ -69,7 +73,7 @@ class PaodingPruner:
                  recursive: bool = False, seed: int = 42, temperature: str = 'linear',
                  saliency_outgoing: str = 'removed', layers: Optional[Sequence[str]] = None,
                  theta: float = 0.9, pool_multiplier: int = 2, interval_start: str = 'auto',
-                 max_walks: int = 10):
+                 max_walks: int = 10, conv_blocks: bool = False):
         if not isinstance(target, (int, float)) or not 0 < target < 1:
             raise ValueError(f'target: {target!r} must be a ratio strictly between 0 and 1')
         if mode not in MODES:
@@ -100,6 +104,8 @@ class PaodingPruner:
         self.recursive, self.seed, self.temperature = bool(recursive), int(seed), temperature
         self.saliency_outgoing, self.layers, self.theta = saliency_outgoing, layers, float(theta)
         self.pool_multiplier, self.interval_start, self.max_walks = int(pool_multiplier), interval_start, int(max_walks)
+        self.conv_blocks = bool(conv_blocks)
+        self._warned = set()
 
     # ------------------------------------------------------------------ set-up
     def _example_input(self, model: nn.Module, example_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -112,26 +118,21 @@ class PaodingPruner:
         mid = ((self.input_lo + self.input_hi) / 2).expand(first.in_features)
         return mid.view(1, -1).to(param.device, param.dtype)
 
-    def _chain_input_box(self, steps, chain: DenseChain, x: torch.Tensor) -> Box:
-        """Box of the first Linear's input features (hull over tokens), float64."""
-        prefix = steps[:chain.first_step + 1]
+    def _prefix_box(self, steps, idx: int, x: torch.Tensor, name: str) -> Optional[Box]:
+        """Box (float64, batch 1) of the input of ``steps[idx]`` propagated from the model input,
+        or None when ``interval_start='dense'`` or the ops before it cannot be propagated soundly."""
+        prefix = steps[:idx + 1]
         from_input = all(s.sequential for s in prefix) and all(is_supported(s.module) for s in prefix[:-1])
         if self.interval_start == 'input' and not from_input:
             bad = next((s for s in prefix if not s.sequential or not is_supported(s.module)), prefix[-1])
             raise ValueError(f'interval_start: cannot propagate intervals from the input through '
                              f'{bad.name!r} ({type(bad.module).__name__}); use interval_start="dense"')
-        first = chain.linears[0]
         if self.interval_start == 'dense' or not from_input:
-            if self.interval_start == 'auto':
-                print_log(f'Paoding: the ops before {chain.names[0]!r} cannot be propagated soundly; '
-                          f'input_range is taken as the range of its input features', logger='current')
-            try:
-                lo = self.input_lo.expand(first.in_features).clone()
-                hi = self.input_hi.expand(first.in_features).clone()
-            except RuntimeError:
-                raise ValueError(f'input_range: shape {tuple(self.input_lo.shape)} does not fit the '
-                                 f'{first.in_features} input features of {chain.names[0]!r}') from None
-            return lo.to(first.weight.device), hi.to(first.weight.device)
+            if self.interval_start == 'auto' and name not in self._warned:
+                self._warned.add(name)
+                print_log(f'Paoding: the ops before {name!r} cannot be propagated soundly; '
+                          f'input_range is taken as the range of its input', logger='current')
+            return None
         try:
             lo = (self.input_lo.to(x.device) + torch.zeros_like(x, dtype=torch.float64)).expand_as(x)
             hi = (self.input_hi.to(x.device) + torch.zeros_like(x, dtype=torch.float64)).expand_as(x)
@@ -141,8 +142,41 @@ class PaodingPruner:
         for s in prefix[:-1]:
             shape = (1, ) + tuple(s.in_shape[1:])
             lo, hi = interval_module(lo.reshape(shape), hi.reshape(shape), _double(s.module))
+        shape = (1, ) + tuple(prefix[-1].in_shape[1:])
+        return lo.reshape(shape), hi.reshape(shape)
+
+    def _range_box(self, shape: tuple, per: int, name: str, device) -> Box:
+        """``input_range`` broadcast to ``shape``; a 1-d range applies per feature/channel (dim 1)."""
+        lo, hi = self.input_lo, self.input_hi
+        if lo.dim() == 1 and len(shape) > 2:
+            lo, hi = lo.view(-1, *([1] * (len(shape) - 2))), hi.view(-1, *([1] * (len(shape) - 2)))
+        try:
+            return (lo.expand(shape[1:]).reshape(shape).clone().to(device),
+                    hi.expand(shape[1:]).reshape(shape).clone().to(device))
+        except RuntimeError:
+            raise ValueError(f'input_range: shape {tuple(self.input_lo.shape)} does not fit the '
+                             f'{per} inputs of {name!r}') from None
+
+    def _chain_input_box(self, steps, chain: DenseChain, x: torch.Tensor) -> Box:
+        """Box of the first Linear's input features (hull over tokens), float64."""
+        first = chain.linears[0]
+        box = self._prefix_box(steps, chain.first_step, x, chain.names[0])
+        if box is None:
+            lo, hi = self._range_box((1, first.in_features), first.in_features, chain.names[0],
+                                     first.weight.device)
+            return lo[0], hi[0]
         shape = (-1, first.in_features)
-        return lo.reshape(shape).min(0).values, hi.reshape(shape).max(0).values
+        return box[0].reshape(shape).min(0).values, box[1].reshape(shape).max(0).values
+
+    def _conv_channel_box(self, steps, block: ConvBlock, x: torch.Tensor) -> Box:
+        """Box of every conv1 output channel after the activation, hull over pixels."""
+        box = self._prefix_box(steps, block.first_step, x, block.name)
+        if box is None:
+            shape = (1, ) + tuple(steps[block.first_step].in_shape[1:])
+            box = self._range_box(shape, block.conv1.in_channels, block.name, block.conv1.weight.device)
+        z = interval_conv(box[0], box[1], block.conv1)
+        h = act_box(z[0], z[1], block.act)
+        return h[0].amin(dim=(0, 2, 3)), h[1].amax(dim=(0, 2, 3))
 
     # ------------------------------------------------------------------ intervals
     @staticmethod
@@ -222,21 +256,37 @@ class PaodingPruner:
         holds ``kept`` ({layer: kept original indices}) after physical removal.
         """
         x = self._example_input(model, example_input)
+        self._warned = set()
+        if self.conv_blocks:  # fold BN into conv1 first, then look again at the folded model
+            for block in find_conv_blocks(trace_leaves(model, x), self.layers):
+                fold_batchnorm(model, block)
         steps = trace_leaves(model, x)
-        chains = find_dense_chains(steps, self.layers)
-        in_boxes = [self._chain_input_box(steps, c, x) for c in chains]
+        blocks = find_conv_blocks(steps, self.layers) if self.conv_blocks else []
+        chains = find_dense_chains(steps, self.layers, required=not blocks)
+        if self.layers is not None and blocks:
+            names = [b.name for b in blocks] + [n for c in chains for n, ok in zip(c.names, c.prunable) if ok]
+            for p in self.layers:
+                if not any(fnmatch.fnmatch(n, p) for n in names):
+                    raise ValueError(f'layers: pattern {p!r} matches no prunable Linear or conv block')
         rng = np.random.default_rng(self.seed)
 
-        layers = []  # per prunable hidden layer: its chain, index and state
-        for ci, c in enumerate(chains):
+        layers = []  # per unit group (hidden Linear or conv1 of a block): modules, boxes, state
+        for c in chains:
             for li, ok in enumerate(c.prunable):
                 if ok:
-                    n = c.linears[li].out_features
-                    layers.append(dict(chain=ci, li=li, name=c.names[li], n=n,
-                                       need=int(math.floor(self.target * n + 1e-9)),
-                                       alive=torch.ones(n, dtype=torch.bool),
-                                       frozen=torch.zeros(n, dtype=torch.bool),
-                                       removed=0, touched=0, target_score=None))
+                    def boxes(c=c, li=li):
+                        zs, hs = self._chain_boxes(c, self._chain_input_box(steps, c, x))
+                        return hs[li], Downstream(zs[li + 1:-1], c.acts[li + 1:],
+                                                  [m.weight.detach().double() for m in c.linears[li + 2:]])
+                    layers.append(dict(name=c.names[li], layer=c.linears[li], next=c.linears[li + 1],
+                                       act=c.acts[li], boxes=boxes))
+        for b in blocks:
+            layers.append(dict(name=b.name, layer=b.conv1, next=b.conv2, act=b.act,
+                               boxes=lambda b=b: (self._conv_channel_box(steps, b, x), Downstream([], [], []))))
+        for st in layers:
+            n = st['layer'].weight.shape[0]
+            st.update(n=n, need=int(math.floor(self.target * n + 1e-9)), alive=torch.ones(n, dtype=torch.bool),
+                      frozen=torch.zeros(n, dtype=torch.bool), removed=0, touched=0, target_score=None)
         total = sum(s['n'] for s in layers)
         if self.target > 0.5 and (self.mode == 'baseline' or not self.recursive):
             print_log(f'Paoding: target {self.target} > 0.5 but disjoint merges without recursive '
@@ -261,7 +311,7 @@ class PaodingPruner:
                 quota = st['need'] - st['removed']
                 if self.mode != 'baseline':
                     quota = min(math.ceil(self.step * st['n'] - 1e-9), quota)
-                acc = self._prune_layer(chains[st['chain']], in_boxes[st['chain']], st, quota, rng)
+                acc = self._prune_layer(st, quota, rng)
                 if acc:
                     merged[st['name']] = [[r, kk, sc] for r, kk, _, sc in acc]
             bar.update(1)
@@ -274,34 +324,33 @@ class PaodingPruner:
 
         kept = {}
         for st in layers:
-            c = chains[st['chain']]
             keep = torch.nonzero(st['alive']).flatten().tolist()
             kept[st['name']] = keep
             if len(keep) < st['n']:
-                remove_units(c.linears[st['li']], c.linears[st['li'] + 1], keep)
+                remove_units(st['layer'], st['next'], keep)
         records[-1]['kept'] = kept
         return records
 
-    def _prune_layer(self, chain: DenseChain, in_box: Box, st: dict, quota: int, rng) -> List[tuple]:
-        """Select and merge up to ``quota`` pairs in one hidden layer; updates ``st``."""
-        li = st['li']
-        lin, nxt = chain.linears[li], chain.linears[li + 1]
+    def _prune_layer(self, st: dict, quota: int, rng) -> List[tuple]:
+        """Select and merge up to ``quota`` pairs in one unit group; updates ``st``."""
+        lin, nxt = st['layer'], st['next']
         eligible = st['alive'] & ~st['frozen']
-        bias = lin.bias if lin.bias is not None else torch.zeros(lin.out_features, device=lin.weight.device)
-        s = saliency_matrix(lin.weight.detach(), bias.detach(), nxt.weight.detach(), self.saliency_outgoing)
+        n = lin.weight.shape[0]
+        bias = lin.bias if lin.bias is not None else torch.zeros(n, device=lin.weight.device)
+        # units on dim 0 of the layer's weight, dim 1 of the next one's (Linear or conv)
+        w_out = nxt.weight.detach().double()
+        s = saliency_matrix(lin.weight.detach().flatten(1), bias.detach(),
+                            w_out.transpose(0, 1).flatten(1).T, self.saliency_outgoing)
         pairs = disjoint_pairs(s, eligible.to(s.device))
         if not pairs:
             return []
-        zs, hs = self._chain_boxes(chain, in_box)
-        down = Downstream(z_boxes=zs[li + 1:-1], acts=chain.acts[li + 1:],
-                          weights=[m.weight.detach().double() for m in chain.linears[li + 2:]])
-        w_out = nxt.weight.detach().double()
-        alpha = self.alpha if self.alpha is not None else DEFAULT_ALPHA[chain.acts[li]]
+        h, down = st['boxes']()
+        alpha = self.alpha if self.alpha is not None else DEFAULT_ALPHA[st['act']]
 
         def score_fn(batch, cum):
             removed = torch.tensor([p[0] for p in batch], device=w_out.device)
             kept = torch.tensor([p[1] for p in batch], device=w_out.device)
-            d = merge_delta(hs[li], w_out, removed, kept)
+            d = merge_delta(h, w_out, removed, kept)
             if cum is not None:  # impact of each merge on top of those accepted in this step
                 d = (d[0] + cum[0], d[1] + cum[1])
             return impact_score(propagate_delta(d, down), alpha, self.theta)[0], d
