@@ -228,3 +228,15 @@ def test_conv_block_extension_fold_merge_intervals_and_removal():
     assert model[0].out_channels == 4 and model[3].in_channels == 4 and model[0].weight.shape[0] == 4
     assert model[8].out_features == 8 and model[10].in_features == 8
     assert torch.allclose(model(x), recs[-1]['metrics'], atol=1e-5)
+
+
+def test_literal_temperature_and_kept_saliency_options_run():
+    recs = build(step=0.25, temperature='literal', saliency_outgoing='kept').prune(mlp(nn.Sigmoid))
+    assert recs[-1]['ratio'] == pytest.approx(28 / 56)
+    pruner = build()
+    assert pruner._temperature(0, 0, 10, 0, 20) == pytest.approx(1.01)  # linear: starts near 1
+    assert build(temperature='literal')._temperature(0, 0, 10, 20, 20) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match=r'^temperature: '):
+        build(temperature='cosine')
+    with pytest.raises(ValueError, match=r'^saliency_outgoing: '):
+        build(saliency_outgoing='both')
