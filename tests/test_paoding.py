@@ -114,7 +114,7 @@ def test_masks_equal_physical_removal_and_shapes():
     assert sorted(len(v) for v in recs[-1]['kept'].values()) == [6, 10, 12]
 
 
-def test_same_seed_same_units_and_modes_differ():
+def test_same_seed_same_units():
     a, b = mlp(nn.Sigmoid), mlp(nn.Sigmoid)
     ra = build(step=0.1, recursive=True).prune(a)
     rb = build(step=0.1, recursive=True).prune(b)
