@@ -50,15 +50,27 @@ def _sentinel_for(t: torch.Tensor) -> nn.Module:
 
 
 class SentinelWrapper(nn.Module):
-    """Backbone + one sentinel consumer per output tensor; forward returns the sentinel outputs."""
+    """Backbone + one sentinel consumer per output tensor; forward returns the sentinel outputs.
 
-    def __init__(self, backbone: nn.Module, example_outputs: Sequence[torch.Tensor]):
+    The input also passes an identity 1x1 conv (values unchanged) so that Torch-Pruning knows
+    the input's channel count when the backbone concatenates slices of the raw image (YOLOX's
+    Focus stem); groups touching it are never pruned either (the input width is fixed).
+    """
+
+    def __init__(self, backbone: nn.Module, example_outputs: Sequence[torch.Tensor], in_channels: int):
         super().__init__()
         self.backbone = backbone
         self.sentinels = nn.ModuleList(_sentinel_for(t) for t in example_outputs)
-        self.sentinels.to(next(iter(backbone.parameters())).device)
+        self.input_sentinel = nn.Conv2d(in_channels, in_channels, 1, bias=False)
+        with torch.no_grad():
+            self.input_sentinel.weight.copy_(torch.eye(in_channels).view(in_channels, in_channels, 1, 1))
+        device = next(iter(backbone.parameters())).device
+        self.sentinels.to(device)
+        self.input_sentinel.to(device)
 
     def forward(self, x):
+        if x.dim() == 4:
+            x = self.input_sentinel(x)
         outs = flatten_outputs(self.backbone(x))
         return [s(o) for s, o in zip(self.sentinels, outs)]
 
@@ -71,6 +83,7 @@ class ChannelGroup:
     width: int                       # original number of channels of the group
     group: object                    # torch_pruning Group (all channels)
     module_names: List[str]          # every backbone module touched by the group
+    out_names: List[str]             # modules whose output channels/features the group removes
     divisor: int = 1                 # grouped convs: remove the same positions in each of `divisor` chunks
 
 
@@ -132,18 +145,29 @@ def _group_divisor(group, graph) -> Optional[int]:
     return divisor
 
 
+def _is_residual_add(m, graph) -> bool:
+    """True for a traced tensor addition of two (or more) feature maps."""
+    if not isinstance(m, tp_ops._ElementWiseOp) or 'add' not in str(m._grad_fn).lower():
+        return False
+    node = graph.module2node.get(m)
+    return node is not None and len(node.inputs) >= 2
+
+
 def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
-                         ignore_names: Sequence[str] = (), outputs=None) -> TraceResult:
+                         ignore_names: Sequence[str] = (), outputs=None,
+                         keep_residual: bool = True) -> TraceResult:
     """Trace ``backbone`` and classify its dependency groups into prunable and skipped.
 
     ``ignore_names`` are backbone module names whose shapes must not change: any group that
     touches one of them is skipped. ``outputs``: the backbone's output on ``example_inputs``
-    when the caller already has it (saves a forward).
+    when the caller already has it (saves a forward). ``keep_residual``: also keep every group
+    whose channels are summed with another feature map (residual streams, as DFBF does: ResNet
+    keeps its block outputs and shortcut convs, only the channels inside blocks are pruned).
     """
     if outputs is None:
         outputs = run_backbone(backbone, example_inputs)
     out_shapes = check_outputs(outputs)
-    wrapper = SentinelWrapper(backbone, flatten_outputs(outputs))
+    wrapper = SentinelWrapper(backbone, flatten_outputs(outputs), example_inputs.shape[1])
     # Frozen stages (requires_grad=False) would drop out of the autograd trace.
     flags = {n: p.requires_grad for n, p in backbone.named_parameters()}
     for p in backbone.parameters():
@@ -152,7 +176,7 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                wrapper, example_inputs=example_inputs.clone().requires_grad_(True), verbose=False)
+                wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False)
     except Exception as e:
         raise ValueError(f'backbone: Torch-Pruning cannot trace {type(backbone).__name__} '
                          f'({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ""})') from None
@@ -162,16 +186,19 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
         backbone.train(was_training)
 
     names = {m: n[len('backbone.'):] for n, m in wrapper.named_modules() if n.startswith('backbone.')}
-    sentinels = set(wrapper.sentinels)
+    sentinels = set(wrapper.sentinels) | {wrapper.input_sentinel}
     param_names = {p: n[len('backbone.'):] for n, p in wrapper.named_parameters()}
     ignored = set(ignore_names)
     result = TraceResult(graph, wrapper, [], [], out_shapes)
     for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES):
         root = group[0].dep.target.module
         root_name = names.get(root, '?')
-        touched, reason = [], None
+        touched, out_touched, reason = [], [], None
         for dep, _ in group:
             m = dep.target.module
+            if m is wrapper.input_sentinel:
+                reason = 'is the input image'
+                break
             if m in sentinels:
                 reason = 'reaches a backbone output'
                 break
@@ -179,10 +206,14 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
             elif isinstance(m, _UNSAFE_OPS):
                 reason = f'passes a {type(m).__name__.strip("_").replace("Op", "")} op'
+            elif keep_residual and _is_residual_add(m, graph):
+                reason = reason or 'is a residual stream (summed with another feature map)'
             elif isinstance(m, nn.MultiheadAttention):
                 reason = 'couples nn.MultiheadAttention'
             elif m in names:
                 touched.append(names[m])
+                if graph.is_out_channel_pruning_fn(dep.handler):
+                    out_touched.append(names[m])
                 if names[m] in ignored:
                     reason = reason or f'touches ignored module {names[m]}'
         if reason is None:
@@ -194,5 +225,5 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
             continue
         width = graph.get_out_channels(root)
         result.prunable.append(ChannelGroup(root_name, root, width, group,
-                                            sorted(set(touched)), divisor))
+                                            sorted(set(touched)), sorted(set(out_touched)), divisor))
     return result

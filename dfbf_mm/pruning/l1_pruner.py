@@ -35,17 +35,20 @@ class L1FilterPruner:
         sparsity: base fraction of channels to remove, in [0, 1).
         norm: p of the filter norm used as score (1 or 2).
         layer_dependent: use the DFBF width-dependent ratio (1.3s / s / 0.4s).
-        overrides: ``{pattern: ratio}``; a group whose modules match a pattern uses that ratio
-            (first match wins). fnmatch patterns, or ``re:<regex>``. A pattern that matches no
+        overrides: ``{pattern: ratio}``; a group uses the ratio of the first pattern that matches
+            a module whose output channels it removes (its root conv, the BN after it). fnmatch patterns, or ``re:<regex>``. A pattern that matches no
             prunable group is an error.
         ignore: patterns of module names whose shapes must not change.
         min_channels: channels every group keeps at least (>= 1).
         round_to: kept counts are rounded up to a multiple of this (e.g. 8), capped at the width.
+        keep_residual: keep channels that are summed with another feature map (residual
+            streams) at full width, as DFBF does; False prunes them too when they do not
+            reach a backbone output.
     """
 
     def __init__(self, sparsity: float = 0.5, norm: int = 1, layer_dependent: bool = False,
                  overrides: Optional[Dict[str, float]] = None, ignore: Optional[Sequence[str]] = None,
-                 min_channels: int = 1, round_to: Optional[int] = None):
+                 min_channels: int = 1, round_to: Optional[int] = None, keep_residual: bool = True):
         self.sparsity = check_sparsity(sparsity, 'sparsity')
         if norm not in (1, 2):
             raise ValueError(f'norm: {norm!r} is not 1 or 2')
@@ -64,13 +67,14 @@ class L1FilterPruner:
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f'round_to: {round_to!r} is not an integer >= 1')
         self.round_to = round_to
+        self.keep_residual = bool(keep_residual)
         self.report: dict = {}  # what the last prune() did (groups, skipped, seconds)
 
     # -- planning -------------------------------------------------------------------------
     def group_ratio(self, group: ChannelGroup) -> float:
         """Removal ratio of ``group``: override, else (layer-dependent) sparsity."""
         for pattern, ratio in self.overrides.items():
-            if names_matching(pattern, group.module_names):
+            if names_matching(pattern, group.out_names):
                 return ratio
         if self.layer_dependent:
             return layer_dependent_ratio(self.sparsity, group.width)
@@ -101,7 +105,7 @@ class L1FilterPruner:
 
     def _check_patterns(self, backbone: nn.Module, trace) -> None:
         all_names = [n for n, _ in backbone.named_modules() if n]
-        prunable_names = sorted({n for g in trace.prunable for n in g.module_names})
+        prunable_names = sorted({n for g in trace.prunable for n in g.out_names})
         for pattern in self.overrides:
             if not names_matching(pattern, all_names):
                 raise ValueError(f'overrides: pattern {pattern!r} matches no module of '
@@ -122,7 +126,7 @@ class L1FilterPruner:
                 if not hit:
                     raise ValueError(f'ignore: pattern {p!r} matches no module of {type(work).__name__}')
                 ignore_names += hit
-        trace = trace_channel_groups(work, example_inputs, ignore_names, outputs)
+        trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual)
         self._check_patterns(work, trace)
         kind = type(work).__name__
         for group in trace.prunable:

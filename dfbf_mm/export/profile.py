@@ -1,0 +1,106 @@
+"""Teacher vs pruned backbone: parameters, FLOPs, measured latency, per-stage channels.
+
+FLOPs are counted with ``torch_pruning.utils.count_ops_and_params`` (forward hooks on conv /
+linear / norm layers; it reports multiply-accumulates, shown as MACs). Latency is the median
+wall time of ``runs`` forwards of the same input after ``warmup`` forwards, in inference mode,
+on the backbone's device. ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) /
+(MACs_teacher / MACs_pruned): 1.0 means the removed FLOPs turned fully into time.
+"""
+import statistics
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, int]:
+    """(MACs, params) of one forward of ``inputs`` (eval mode)."""
+    was = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(backbone, inputs)
+    backbone.train(was)
+    return int(macs), int(params)
+
+
+def measure_latency(backbone: nn.Module, inputs: torch.Tensor, runs: int = 5, warmup: int = 2) -> float:
+    """Median seconds per forward of ``inputs`` after ``warmup`` untimed forwards."""
+    was = backbone.training
+    backbone.eval()
+    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            sync()
+            t = time.perf_counter()
+            backbone(inputs)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    backbone.train(was)
+    return statistics.median(times)
+
+
+def stage_channels(backbone: nn.Module) -> Dict[str, int]:
+    """Sum of conv/linear output widths under each top-level child of the backbone."""
+    out = {}
+    for name, child in backbone.named_children():
+        n = sum(m.out_features if isinstance(m, nn.Linear) else m.out_channels
+                for m in child.modules() if isinstance(m, _CONV))
+        if n:
+            out[name] = n
+    return out
+
+
+def _fmt(v: float) -> str:
+    if v >= 1e9:
+        return f'{v / 1e9:.2f} G'
+    if v >= 1e6:
+        return f'{v / 1e6:.2f} M'
+    if v >= 1e3:
+        return f'{v / 1e3:.1f} k'
+    return f'{v:g}'
+
+
+def profile_backbones(teacher: nn.Module, pruned: nn.Module, input_size: Sequence[int],
+                      batch_sizes: Sequence[int] = (1, 8), runs: int = 5, warmup: int = 2,
+                      in_channels: int = 3, seed: int = 0) -> Tuple[List[dict], str]:
+    """Compare ``teacher`` and ``pruned``; returns (rows, markdown table).
+
+    Each row: ``dict(metric, teacher, pruned, ratio)`` with ratio = pruned / teacher (for the
+    speed-up / FLOPs-ratio rows, the value itself in ``pruned``).
+    """
+    if len(input_size) != 2 or any(int(s) < 1 for s in input_size):
+        raise ValueError(f'input_size: {input_size!r} is not (H, W)')
+    device = next(teacher.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(1, in_channels, *input_size, generator=g).to(device)
+    rows = []
+    before, after = stage_channels(teacher), stage_channels(pruned)
+    for k in before:
+        rows.append(dict(metric=f'channels {k}', teacher=before[k], pruned=after.get(k, 0),
+                         ratio=after.get(k, 0) / before[k]))
+    macs_t, params_t = count_macs_params(teacher, x1)
+    macs_p, params_p = count_macs_params(pruned, x1)
+    rows.append(dict(metric='params', teacher=params_t, pruned=params_p, ratio=params_p / params_t))
+    rows.append(dict(metric=f'MACs (1x{in_channels}x{input_size[0]}x{input_size[1]})',
+                     teacher=macs_t, pruned=macs_p, ratio=macs_p / macs_t))
+    for b in batch_sizes:
+        xb = torch.randn(b, in_channels, *input_size, generator=g).to(device)
+        lt = measure_latency(teacher, xb, runs, warmup)
+        lp = measure_latency(pruned, xb, runs, warmup)
+        rows.append(dict(metric=f'latency ms (batch {b}, {device.type})', teacher=lt * 1e3,
+                         pruned=lp * 1e3, ratio=lp / lt))
+        rows.append(dict(metric=f'speed-up / FLOPs-ratio (batch {b})', teacher=None,
+                         pruned=(lt / lp) / (macs_t / macs_p), ratio=None))
+    lines = ['| metric | teacher | pruned | pruned/teacher |', '|---|---|---|---|']
+    for r in rows:
+        if r['teacher'] is None:
+            lines.append(f'| {r["metric"]} | | {r["pruned"]:.2f} | |')
+        else:
+            lines.append(f'| {r["metric"]} | {_fmt(r["teacher"])} | {_fmt(r["pruned"])} | {r["ratio"]:.3f} |')
+    return rows, '\n'.join(lines)

@@ -1,0 +1,142 @@
+"""Prune the backbone of a trained mmdet / mmpose / mmpretrain model (no data needed).
+
+    python tools/prune.py CONFIG CHECKPOINT --sparsity 0.5 [--layer-dependent] [--norm 1]
+        [--min-channels 1] [--round-to 8] [--input-size H W] --out DIR
+
+Writes DIR/pruned.py (deploy config), DIR/pruned.pth (strict-loadable checkpoint) and
+DIR/pruned_channel_spec.json, and prints the teacher-vs-pruned profile table.
+
+Example input size (tracing and profiling): --input-size, else taken from the config --
+mmpose ``codec.input_size`` (W, H), else the test pipeline's crop / resize scale
+(CenterCrop crop_size, Resize/RandomResize scale as (W, H)), else 224x224. The longer side is
+capped at 640 (aspect kept, multiples of 32) so CPU profiling stays short; pruning itself
+does not depend on the size.
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+import torch
+from mmengine.config import Config
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import dfbf_mm  # noqa: E402,F401  (registers dfbf types, safe checkpoint loading)
+from dfbf_mm.export import export_pruned_model, profile_backbones  # noqa: E402
+from dfbf_mm.pruning import L1FilterPruner  # noqa: E402
+from dfbf_mm.stock_model import build_stock_model, get_backbone, load_weights  # noqa: E402
+
+MAX_SIDE = 640
+
+
+def load_config(path: str) -> Config:
+    """A stock config from a file or an ``mmdet::...`` / ``mmpose::...`` package path."""
+    if '::' in path:
+        from mmengine.hub import get_config
+        try:
+            return get_config(path)
+        except Exception as e:
+            raise FileNotFoundError(f'config: cannot load {path!r} ({type(e).__name__}: {e})') from None
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config: file not found: {path!r}')
+    return Config.fromfile(path)
+
+
+def _scale_hw(t: dict):
+    for key in ('crop_size', 'scale', 'img_scale'):
+        v = t.get(key)
+        if isinstance(v, int):
+            return v, v
+        if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(s, int) for s in v):
+            # CenterCrop crop_size and Resize scale are (W, H) in OpenMMLab.
+            return v[1], v[0]
+    return None
+
+
+def default_input_size(cfg: Config):
+    """(H, W) for the example input, derived from the config (see module docstring)."""
+    hw = None
+    codec = cfg.get('codec')
+    if isinstance(codec, dict) and isinstance(codec.get('input_size'), (tuple, list)):
+        hw = (codec['input_size'][1], codec['input_size'][0])
+    if hw is None:
+        pipes = []
+        for key in ('test_dataloader', 'val_dataloader'):
+            dl = cfg.get(key)
+            pipe = dl.get('dataset', {}).get('pipeline') if isinstance(dl, dict) else None
+            if pipe:
+                pipes.append(pipe)
+        pipes.append(cfg.get('test_pipeline') or [])
+        for pipe in pipes:
+            for t in reversed(list(pipe)):  # the last resize/crop decides the size
+                if isinstance(t, dict) and (hw := _scale_hw(t)):
+                    break
+            if hw:
+                break
+    h, w = hw or (224, 224)
+    scale = min(1.0, MAX_SIDE / max(h, w))
+    if scale < 1:
+        h, w = (max(32, int(round(s * scale / 32)) * 32) for s in (h, w))
+    return int(h), int(w)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', help='stock mmdet/mmpose/mmpretrain config file or pkg::path')
+    p.add_argument('checkpoint', help='trained checkpoint of that config')
+    p.add_argument('--sparsity', type=float, default=0.5, help='base fraction of channels removed')
+    p.add_argument('--layer-dependent', action='store_true', help='DFBF 1.3s/s/0.4s width rule')
+    p.add_argument('--norm', type=int, default=1, choices=(1, 2), help='Lp norm of filter scores')
+    p.add_argument('--min-channels', type=int, default=1, help='channels every group keeps')
+    p.add_argument('--round-to', type=int, default=None, help='round kept counts up to a multiple')
+    p.add_argument('--ignore', nargs='*', default=None, help='module name patterns left untouched')
+    p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=None)
+    p.add_argument('--latency-runs', type=int, default=5, help='timed forwards per measurement')
+    p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
+    p.add_argument('--name', default='pruned', help='file stem of the outputs')
+    p.add_argument('--out', required=True, help='output folder')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    pruner = L1FilterPruner(sparsity=args.sparsity, norm=args.norm, layer_dependent=args.layer_dependent,
+                            ignore=args.ignore, min_channels=args.min_channels, round_to=args.round_to)
+    model = build_stock_model(cfg)
+    ckpt = load_weights(model, args.checkpoint, 'checkpoint')
+    model.eval()
+    backbone = get_backbone(model)
+    teacher = __import__('copy').deepcopy(backbone)
+    h, w = args.input_size or default_input_size(cfg)
+    if h < 1 or w < 1:
+        raise ValueError(f'input_size: {h}x{w} is not positive')
+    device = next(backbone.parameters()).device
+    x = torch.randn(1, 3, h, w, device=device)
+
+    t = time.perf_counter()
+    spec = pruner.prune(backbone, x)
+    seconds = time.perf_counter() - t
+    rep = pruner.report
+    print(f'pruned {len(rep["groups"])} channel groups ({len(rep["skipped"])} kept: they reach an '
+          f'output or are not prunable) in {seconds:.1f} s on input {h}x{w}')
+
+    meta = dict(dfbf_mm=dict(stage='pruned', sparsity=args.sparsity, norm=args.norm,
+                             layer_dependent=args.layer_dependent, source_checkpoint=osp.abspath(args.checkpoint)))
+    src_meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    if isinstance(src_meta, dict) and 'dataset_meta' in src_meta:
+        meta['dataset_meta'] = src_meta['dataset_meta']
+    paths = export_pruned_model(model, cfg, spec, args.out, meta=meta, name=args.name)
+    for k, v in paths.items():
+        print(f'{k}: {v}')
+    _, table = profile_backbones(teacher, backbone, (h, w), batch_sizes=args.batch_sizes,
+                                 runs=args.latency_runs)
+    print(table)
+    return paths
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'error: {e}')
