@@ -129,7 +129,10 @@ def _fold(w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, groups: int) -> 
         k = torch.einsum('gon,gniuv->goiuv', c, torch.einsum('gnmuv,gmi->gniuv', b, a))
     else:
         k = torch.einsum('gomuv,gmi->goiuv', torch.einsum('gon,gnmuv->gomuv', c, b), a)
-    return k.reshape(cout, cin_g, kh, kw)
+    # Dense strides on purpose: einsum can return a kernel that counts as contiguous yet has
+    # odd strides on size-1 dims, and single-threaded CPU conv2d backward then corrupts the heap
+    # (reproduced with torch 2.14.1, 1x1 kernel, stride 2). One copy of K costs next to nothing.
+    return k.reshape(cout, cin_g, kh, kw).clone(memory_format=torch.contiguous_format)
 
 
 class ExpandedConv2d(nn.Module):
@@ -324,7 +327,8 @@ def expand_model(module: nn.Module, ratio: float = 1, include: Patterns = None,
     ``include`` / ``exclude`` are glob patterns (``fnmatch``) on qualified module names, e.g.
     ``'layer3.*'`` or ``['*.conv2', 'stem.*']``; by default every plain Conv2d / Linear is
     expanded (1x1 convs included). Layers that match but cannot be expanded are skipped and
-    listed in one warning (see ``find_expandable``). Returns the expanded names.
+    listed in one warning (see ``find_expandable``). ``generator`` is an optional CPU
+    ``torch.Generator`` for the orthonormal factors (r > 1). Returns the expanded names.
     """
     _check_ratio(ratio)
     names, skipped = find_expandable(module, include, exclude)
