@@ -9,6 +9,8 @@ from .safe_checkpoint import register_safe_globals
 register_safe_globals()
 
 # the pipeline, in order: prune -> synthesize -> distill -> export; engine glues them
-from . import distillation, engine  # noqa: E402,F401
+from . import pruning, synthesis, distillation, export, engine  # noqa: E402,F401
+from . import evaluation  # noqa: E402,F401  (FGSM robustness metric)
+from .pruning import paoding  # noqa: E402,F401  (Paoding pruner)
 
 __version__ = '0.1.0'

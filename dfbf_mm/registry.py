@@ -7,9 +7,18 @@ its parents, so a dfbf type is buildable from any of the three default scopes on
 
 Pruners and synthesizers are our own concepts and get registries of their own.
 """
-from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS, RUNNERS, Registry
+from mmengine.registry import (DATASETS, HOOKS, METRICS, MODELS, RUNNERS, DefaultScope, Registry,
+                               build_from_cfg)
 
-PRUNERS = Registry('pruner', scope='dfbf_mm')
-SYNTHESIZERS = Registry('synthesizer', scope='dfbf_mm')
+
+def _build_in_own_scope(cfg, registry, default_args=None):
+    # These registries have no mmdet/mmpose/mmpretrain children: build them in their own scope
+    # instead of letting MMEngine look for (and warn about) the current default scope.
+    with DefaultScope.overwrite_default_scope(registry.scope):
+        return build_from_cfg(cfg, registry, default_args)
+
+
+PRUNERS = Registry('pruner', scope='dfbf_mm', build_func=_build_in_own_scope)
+SYNTHESIZERS = Registry('synthesizer', scope='dfbf_mm', build_func=_build_in_own_scope)
 
 __all__ = ['DATASETS', 'HOOKS', 'METRICS', 'MODELS', 'RUNNERS', 'PRUNERS', 'SYNTHESIZERS']

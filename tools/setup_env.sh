@@ -71,7 +71,7 @@ else
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do  # a progress line a minute
       sleep 60
-      step=$(grep -oE '^\[[0-9]+/[0-9]+\]' "$build_log" | tail -n1)
+      step=$(grep -oE '^\[[0-9]+/[0-9]+\]' "$build_log" | tail -n1 || true)
       log "mmcv build: $(( ($(date +%s) - start) / 60 )) min, compile step ${step:-starting}"
     done
     if ! wait "$pid"; then

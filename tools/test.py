@@ -13,6 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import dfbf_mm  # noqa: F401  (registers PrunedBackbone etc.)
+from dfbf_mm.cli import run_cli
 
 
 def parse_args():
@@ -44,4 +45,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -14,6 +14,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import dfbf_mm  # noqa: F401  (registers the dfbf types)
+from dfbf_mm.cli import run_cli
 
 
 def parse_args():
@@ -56,4 +57,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

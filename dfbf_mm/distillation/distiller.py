@@ -18,9 +18,12 @@ from ..registry import MODELS, PRUNERS
 from ..stock_model import get_backbone, load_weights
 from .feature_loss import FeatureMimicLoss
 from .feature_taps import FeatureRecorder, select_taps
+from .lop import SimilarityPreservingLoss, expand_model, merge_model, merged_copy
 
 BN_POLICIES = ('update', 'frozen')
 DISTILL_KEYS = ('taps', 'distance', 'weights', 'out_weight', 'bn')
+OVERPARAM_KEYS = ('ratio', 'include', 'exclude', 'seed')
+SP_KEYS = ('weight', 'taps')
 
 
 def _as_list(outs) -> list:
@@ -32,13 +35,21 @@ def _as_list(outs) -> list:
 
 
 def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[str]):
-    """Run ``backbone`` once; return (features at ``taps``, backbone outputs)."""
+    """Run ``backbone`` once; return ({tap: feature}, backbone outputs)."""
     recorder = FeatureRecorder(backbone, taps)
     try:
         outs = backbone(images)
-        return recorder.pop(), _as_list(outs)
+        return dict(zip(recorder.names, recorder.pop())), _as_list(outs)
     finally:
         recorder.remove()
+
+
+def _check_keys(block: Optional[dict], allowed, field: str) -> dict:
+    block = dict(block or {})
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ValueError(f'{field}: unknown key {unknown[0]!r}; allowed: {", ".join(allowed)}')
+    return block
 
 
 @MODELS.register_module()
@@ -56,17 +67,23 @@ class DataFreeDistiller(BaseModel):
             they stay the teacher's).
         channel_spec: build the student from this spec instead of pruning (used on resume;
             the weights then come from the resumed checkpoint).
+        overparam: LOP (spec lop.md): ``ratio`` r, ``include``/``exclude`` name patterns
+            (default: the backbone layers whose shape pruning changed), ``seed`` of the
+            orthogonal factors. The student is expanded for fine-tuning; validation runs a
+            merged copy and export merges in place, so both see the plain pruned architecture.
+        sp_loss: similarity-preserving KD added to the loss: ``weight`` (gamma) and ``taps``:
+            'features' (the DFBF taps, default), 'layers' (outputs of the pruned layers) or
+            name patterns.
     """
 
     def __init__(self, model: dict, teacher_checkpoint: str, pruner: dict,
                  input_size: Tuple[int, int], distill: Optional[dict] = None,
-                 channel_spec: Optional[dict] = None, init_cfg=None):
+                 channel_spec: Optional[dict] = None, overparam: Optional[dict] = None,
+                 sp_loss: Optional[dict] = None, init_cfg=None):
         super().__init__(data_preprocessor=dict(type='BaseDataPreprocessor'), init_cfg=init_cfg)
-        distill = dict(distill or {})
-        unknown = set(distill) - set(DISTILL_KEYS)
-        if unknown:
-            raise ValueError(f'dfbf.distill: unknown key {sorted(unknown)[0]!r}; allowed: '
-                             f'{", ".join(DISTILL_KEYS)}')
+        distill = _check_keys(distill, DISTILL_KEYS, 'dfbf.distill')
+        overparam = _check_keys(overparam, OVERPARAM_KEYS, 'dfbf.overparam')
+        sp_loss = _check_keys(sp_loss, SP_KEYS, 'dfbf.sp_loss')
         self.bn_policy = distill.get('bn', 'update')
         if self.bn_policy not in BN_POLICIES:
             raise ValueError(f'dfbf.distill.bn: {self.bn_policy!r} is not one of {BN_POLICIES}')
@@ -91,6 +108,28 @@ class DataFreeDistiller(BaseModel):
         self.loss = FeatureMimicLoss(distance=distill.get('distance', 'l1'),
                                      weights=distill.get('weights', 2),
                                      out_weight=distill.get('out_weight', 0.0))
+        pruned_layers = self._pruned_layers()
+        self.expanded = []
+        if overparam:
+            self.expanded = expand_model(
+                self.student.backbone, overparam.get('ratio', 1),
+                include=overparam.get('include') or pruned_layers,
+                exclude=overparam.get('exclude'),
+                generator=torch.Generator().manual_seed(overparam.get('seed', 0)))
+        self.sp_taps, self.sp_loss = [], None
+        if sp_loss:
+            taps = sp_loss.get('taps', 'features')
+            self.sp_taps = (self.taps if taps == 'features' else
+                            pruned_layers if taps == 'layers' else
+                            select_taps(self.teacher.backbone, self.student.backbone, example, taps))
+            self.sp_loss = SimilarityPreservingLoss(loss_weight=sp_loss.get('weight', 1.0))
+        self._merged_student = None  # cached merged copy of an expanded student, for eval
+
+    def _pruned_layers(self):
+        """Names of the student backbone's conv/linear layers whose shape pruning changed."""
+        modules = dict(self.student.backbone.named_modules())
+        return [n for n in self.channel_spec['modules']
+                if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
 
     def train(self, mode: bool = True):
         """Teacher always in eval mode; the student's BN follows ``distill.bn``.
@@ -100,6 +139,7 @@ class DataFreeDistiller(BaseModel):
         """
         super().train(mode)
         self.teacher.eval()
+        self.__dict__['_merged_student'] = None  # weights may change from here on
         if mode:
             backbone = self.student.backbone
             backbone.requires_grad_(True)
@@ -110,21 +150,39 @@ class DataFreeDistiller(BaseModel):
 
     def forward(self, inputs, data_samples=None, mode: str = 'loss'):
         if mode != 'loss':
-            return self.student(inputs, data_samples, mode=mode)
+            return self.eval_student()(inputs, data_samples, mode=mode)
         images = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        taps = list(dict.fromkeys(self.taps + self.sp_taps))
         with torch.no_grad():
-            t_taps, t_outs = backbone_features(self.teacher.backbone, images, self.taps)
-        s_taps, s_outs = backbone_features(self.student.backbone, images, self.taps)
-        return self.loss(s_taps, t_taps, s_outs, t_outs)
+            t_taps, t_outs = backbone_features(self.teacher.backbone, images, taps)
+        s_taps, s_outs = backbone_features(self.student.backbone, images, taps)
+        losses = self.loss([s_taps[n] for n in self.taps], [t_taps[n] for n in self.taps],
+                           s_outs, t_outs)
+        if self.sp_loss is not None:
+            losses['loss_sp'] = self.sp_loss([s_taps[n] for n in self.sp_taps],
+                                             [t_taps[n] for n in self.sp_taps])
+        return losses
+
+    def eval_student(self) -> nn.Module:
+        """The student as deployed: an expanded student is evaluated as its merged copy."""
+        if not self.expanded:
+            return self.student
+        if self.__dict__.get('_merged_student') is None:
+            # kept out of the module tree: not a parameter holder, not in the state dict
+            self.__dict__['_merged_student'] = merged_copy(self.student).eval()
+        return self.__dict__['_merged_student']
 
     def val_step(self, data):
-        return self.student.val_step(data)
+        return self.eval_student().val_step(data)
 
     def test_step(self, data):
-        return self.student.test_step(data)
+        return self.eval_student().test_step(data)
 
     def before_export(self) -> None:
-        """Bring the student back to its plain pruned architecture (hook for LOP merging)."""
+        """Merge LOP chains in place: the student becomes the plain pruned architecture."""
+        if self.expanded:
+            merge_model(self.student)
+            self.expanded = []
 
     def feature_loss(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The distillation loss terms on ``images`` without a parameter update."""

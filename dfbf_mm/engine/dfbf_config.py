@@ -16,6 +16,7 @@ import os.path as osp
 from mmengine.config import Config, ConfigDict
 from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
 
+from ..registry import PRUNERS, SYNTHESIZERS
 from ..stock_model import TASK_OF_SCOPE, config_scope, stock_model_cfg
 
 DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'distill',
@@ -44,6 +45,13 @@ def _check_keys(block: dict, allowed, field: str):
         raise ValueError(f'{field}: unknown key {unknown[0]!r}; allowed: {", ".join(allowed)}')
 
 
+def _check_type(cfg, registry, field: str):
+    name = cfg.get('type') if isinstance(cfg, dict) else None
+    if registry.get(name) is None:
+        raise ValueError(f'{field}.type: {name!r} is not a registered {registry.name}; '
+                         f'registered: {", ".join(sorted(registry.module_dict))}')
+
+
 def read_dfbf_block(cfg: Config) -> dict:
     """The validated ``dfbf`` block with defaults filled in."""
     if 'dfbf' not in cfg:
@@ -54,6 +62,8 @@ def read_dfbf_block(cfg: Config) -> dict:
     for key in ('teacher_checkpoint', 'pruner', 'synthesizer'):
         if not block.get(key):
             raise ValueError(f'dfbf.{key}: required')
+    _check_type(block['pruner'], PRUNERS, 'dfbf.pruner')
+    _check_type(block['synthesizer'], SYNTHESIZERS, 'dfbf.synthesizer')
     data = dict(DEFAULT_SYNTHETIC_DATA, **block.get('synthetic_data', {}))
     _check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
     if isinstance(data['image_size'], int):
@@ -96,6 +106,8 @@ def to_runner_config(cfg: Config) -> Config:
         pruner=dfbf['pruner'],
         input_size=data['image_size'],
         distill=dfbf.get('distill'),
+        overparam=dfbf.get('overparam'),
+        sp_loss=dfbf.get('sp_loss'),
         channel_spec=resume_channel_spec(cfg))
     cfg.data_preprocessor = None  # merged into the stock model above; the distiller has its own
 

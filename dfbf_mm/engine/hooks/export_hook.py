@@ -43,7 +43,7 @@ class ExportHook(Hook):
         runner.logger.info(f'exported the pruned model: {paths}')
         if self.profile:
             size = runner.cfg.model['input_size']
-            table = profile_backbones(model.teacher.backbone, model.student.backbone, size)
+            _, table = profile_backbones(model.teacher.backbone, model.student.backbone, size)
             runner.logger.info('teacher vs student backbone\n' + table)
             with open(osp.join(out_dir, 'profile.md'), 'w') as f:
                 f.write(table + '\n')

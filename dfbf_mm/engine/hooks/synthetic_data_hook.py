@@ -6,9 +6,12 @@ visualizer so a person can look at what the student is trained on.
 """
 import os.path as osp
 
+import torch
+
 from mmengine.dist import barrier, get_dist_info, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from torchvision.utils import make_grid
 
 from ...registry import HOOKS
 
@@ -27,13 +30,25 @@ class SyntheticDataHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         dataset = runner.train_dataloader.dataset
         rank, world_size = get_dist_info()
-        dataset.prepare(model.teacher, self.task, rank=rank, world_size=world_size)
+        done = dataset.prepare(model.teacher, self.task, rank=rank, world_size=world_size)
+        if world_size > 1:  # every rank says what it did (the logger is quiet on ranks > 0)
+            print(f'[rank {rank}/{world_size}] synthetic data: generated {done["generated"]} '
+                  f'batches, reused {done["reused"]}', flush=True)
         barrier()
         if world_size > 1:  # the other ranks' batches are in the cache now
             dataset.prepare(model.teacher, self.task, rank=rank, world_size=1)
         if is_main_process():
-            from ...synthesis import save_grid
-            path = osp.join(runner.work_dir, 'synthetic_images.png')
-            grid = save_grid(dataset, model.teacher, path, max_images=self.grid_images)
-            runner.visualizer.add_image('synthetic_images', grid)
-            runner.logger.info(f'synthetic images: {len(dataset)} ready; grid: {path}')
+            self._show(runner, dataset, model.teacher)
+
+    def _show(self, runner, dataset, teacher) -> None:
+        from ...stock_model import normalization
+        from ...synthesis import save_grid, to_uint8
+        mean, std, rgb = normalization(teacher)
+        count = min(len(dataset), self.grid_images)
+        pixels = to_uint8(torch.stack([dataset[i]['inputs'] for i in range(count)]), mean, std)
+        path = save_grid(pixels, osp.join(runner.work_dir, 'synthetic_images.png'), rgb,
+                         max_images=self.grid_images)
+        grid = make_grid(pixels, nrow=min(8, count), padding=2, pad_value=255)
+        grid = grid if rgb else grid.flip(0)  # the visualizer takes RGB
+        runner.visualizer.add_image('synthetic_images', grid.permute(1, 2, 0).numpy())
+        runner.logger.info(f'synthetic images: {len(dataset)} ready; grid: {path}')
