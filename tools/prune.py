@@ -8,7 +8,8 @@ DIR/pruned_channel_spec.json, and prints the teacher-vs-pruned profile table.
 
 Example input size (tracing and profiling): --input-size, else taken from the config --
 mmpose ``codec.input_size`` (W, H), else the test pipeline's crop / resize scale
-(CenterCrop crop_size, Resize/RandomResize scale as (W, H)), else 224x224. The longer side is
+(CenterCrop crop_size, Resize/RandomResize scale as (W, H)), else 32x32 for CIFAR datasets
+(their pipelines do not resize), else 224x224. The longer side is
 capped at 640 (aspect kept, multiples of 32) so CPU profiling stays short; pruning itself
 does not depend on the size.
 """
@@ -73,7 +74,11 @@ def default_input_size(cfg: Config):
                     break
             if hw:
                 break
-    h, w = hw or (224, 224)
+    if hw is None:
+        dl = cfg.get('test_dataloader') or {}
+        dataset = str(dl.get('dataset', {}).get('type', '')) if isinstance(dl, dict) else ''
+        hw = (32, 32) if dataset.upper().startswith('CIFAR') else (224, 224)
+    h, w = hw
     scale = min(1.0, MAX_SIDE / max(h, w))
     if scale < 1:
         h, w = (max(32, int(round(s * scale / 32)) * 32) for s in (h, w))

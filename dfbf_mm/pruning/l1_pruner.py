@@ -108,10 +108,10 @@ class L1FilterPruner:
         prunable_names = sorted({n for g in trace.prunable for n in g.out_names})
         for pattern in self.overrides:
             if not names_matching(pattern, all_names):
-                raise ValueError(f'overrides: pattern {pattern!r} matches no module of '
+                raise ValueError(f'overrides: pattern '{pattern}' matches no module of '
                                  f'{type(backbone).__name__}')
             if not names_matching(pattern, prunable_names):
-                raise ValueError(f'overrides: pattern {pattern!r} matches only modules whose channels '
+                raise ValueError(f'overrides: pattern '{pattern}' matches only modules whose channels '
                                  'are not prunable (they reach a backbone output or are skipped)')
 
     # -- pruning --------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class L1FilterPruner:
             for p in self.ignore:
                 hit = names_matching(p, all_names)
                 if not hit:
-                    raise ValueError(f'ignore: pattern {p!r} matches no module of {type(work).__name__}')
+                    raise ValueError(f'ignore: pattern '{p}' matches no module of {type(work).__name__}')
                 ignore_names += hit
         trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual)
         self._check_patterns(work, trace)

@@ -1,0 +1,105 @@
+"""Export: tools/prune.py on a stock config writes a deploy config + checkpoint + spec that
+plain MMEngine loads strictly (also after moving the folder); profile rows are consistent."""
+import os
+import os.path as osp
+import shutil
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hub import get_config
+from mmengine.runner import load_checkpoint
+
+import dfbf_mm.pruning  # noqa: F401  (registers PrunedBackbone)
+from dfbf_mm.export import export_pruned_model, profile_backbones
+from dfbf_mm.registry import MODELS
+from dfbf_mm.stock_model import build_stock_model, load_weights
+
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
+import prune as prune_tool  # noqa: E402
+
+STOCK = 'mmpretrain::resnet/resnet18_8xb16_cifar10.py'
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('export')
+    cfg = get_config(STOCK)
+    cfg_path = str(tmp / 'stock.py')
+    cfg.dump(cfg_path)
+    torch.manual_seed(0)
+    teacher = build_stock_model(cfg)
+    ckpt = str(tmp / 'teacher.pth')
+    torch.save(dict(state_dict=teacher.state_dict(), meta=dict(dataset_meta=dict(classes=list('abcdefghij')))), ckpt)
+    out = str(tmp / 'out')
+    paths = prune_tool.main([cfg_path, ckpt, '--sparsity', '0.5', '--layer-dependent', '--out', out,
+                             '--latency-runs', '1', '--batch-sizes', '1'])
+    return cfg, ckpt, out, paths
+
+
+def _build_deploy(path):
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports['imports'] == ['dfbf_mm']
+    model = build_stock_model(cfg)
+    load_checkpoint(model, cfg.load_from, strict=True)
+    return cfg, model.eval()
+
+
+def test_prune_tool_writes_exactly_three_loadable_files(exported, tmp_path):
+    cfg, _, out, paths = exported
+    assert sorted(os.listdir(out)) == ['pruned.pth', 'pruned.py', 'pruned_channel_spec.json']
+    deploy, model = _build_deploy(paths['config'])
+    # Only model.backbone and custom_imports/load_from differ from the stock config.
+    assert deploy.model.backbone.type == 'PrunedBackbone'
+    assert deploy.model.backbone.backbone == cfg.model.backbone
+    assert deploy.model.head == cfg.model.head
+    ckpt = torch.load(paths['checkpoint'], weights_only=True)
+    assert ckpt['meta']['channel_spec']['modules'] and ckpt['meta']['dataset_meta']['classes'][0] == 'a'
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.backbone(x)[0]
+    # The folder can move: paths in the deploy config are relative to it.
+    moved = str(tmp_path / 'moved')
+    shutil.copytree(out, moved)
+    _, model2 = _build_deploy(osp.join(moved, 'pruned.py'))
+    with torch.no_grad():
+        assert torch.equal(model2.backbone(x)[0], ref)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in build_stock_model(cfg).parameters())
+
+
+def test_checkpoint_of_another_architecture_is_refused(exported):
+    _, teacher_ckpt, _, paths = exported
+    cfg = Config.fromfile(paths['config'])
+    model = build_stock_model(cfg)
+    with pytest.raises(ValueError, match=r"^checkpoint: '.*teacher.pth' does not match the model: \d+ tensors differ"):
+        load_weights(model, teacher_ckpt)
+
+
+def test_export_refuses_a_spec_of_another_pruning(exported, tmp_path):
+    cfg, _, _, paths = exported
+    spec = torch.load(paths['checkpoint'], weights_only=True)['meta']['channel_spec']
+    with pytest.raises(ValueError, match=r'^spec: .* in the spec but .* in the model'):
+        export_pruned_model(build_stock_model(cfg), cfg, spec, str(tmp_path / 'x'))
+    with pytest.raises(FileNotFoundError, match=r'^channel_spec: file not found'):
+        MODELS.build(dict(type='PrunedBackbone', backbone=dict(type='ResNet_CIFAR', depth=18),
+                          channel_spec=str(tmp_path / 'missing.json')))
+
+
+def test_profile_rows(exported):
+    cfg, _, _, paths = exported
+    teacher = build_stock_model(cfg).backbone
+    _, model = _build_deploy(paths['config'])
+    rows, table = profile_backbones(teacher, model.backbone, (32, 32), batch_sizes=(1,), runs=1, warmup=1)
+    by = {r['metric']: r for r in rows}
+    assert by['params']['pruned'] < by['params']['teacher']
+    assert by['MACs (1x3x32x32)']['ratio'] < 1
+    assert by['channels layer4']['pruned'] < by['channels layer4']['teacher']
+    assert 'speed-up / FLOPs-ratio (batch 1)' in by and table.count('\n') == len(rows) + 1
+
+
+def test_default_input_size_from_configs():
+    assert prune_tool.default_input_size(get_config(STOCK)) == (32, 32)
+    assert prune_tool.default_input_size(get_config('mmdet::yolox/yolox_s_8xb8-300e_coco.py')) == (640, 640)
+    assert prune_tool.default_input_size(
+        get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')) == (384, 640)
