@@ -36,8 +36,9 @@ class L1FilterPruner:
         norm: p of the filter norm used as score (1 or 2).
         layer_dependent: use the DFBF width-dependent ratio (1.3s / s / 0.4s).
         overrides: ``{pattern: ratio}``; a group uses the ratio of the first pattern that matches
-            a module whose output channels it removes (its root conv, the BN after it). fnmatch patterns, or ``re:<regex>``. A pattern that matches no
-            prunable group is an error.
+            a module whose output channels it removes (its root conv, the BN after it);
+            fnmatch patterns, or ``re:<regex>``. A pattern that matches no prunable group is
+            an error.
         ignore: patterns of module names whose shapes must not change.
         min_channels: channels every group keeps at least (>= 1).
         round_to: kept counts are rounded up to a multiple of this (e.g. 8), capped at the width.
@@ -108,10 +109,10 @@ class L1FilterPruner:
         prunable_names = sorted({n for g in trace.prunable for n in g.out_names})
         for pattern in self.overrides:
             if not names_matching(pattern, all_names):
-                raise ValueError(f'overrides: pattern '{pattern}' matches no module of '
+                raise ValueError(f"overrides: pattern '{pattern}' matches no module of "
                                  f'{type(backbone).__name__}')
             if not names_matching(pattern, prunable_names):
-                raise ValueError(f'overrides: pattern '{pattern}' matches only modules whose channels '
+                raise ValueError(f"overrides: pattern '{pattern}' matches only modules whose channels "
                                  'are not prunable (they reach a backbone output or are skipped)')
 
     # -- pruning --------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class L1FilterPruner:
             for p in self.ignore:
                 hit = names_matching(p, all_names)
                 if not hit:
-                    raise ValueError(f'ignore: pattern '{p}' matches no module of {type(work).__name__}')
+                    raise ValueError(f"ignore: pattern '{p}' matches no module of {type(work).__name__}")
                 ignore_names += hit
         trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual)
         self._check_patterns(work, trace)
