@@ -12,13 +12,14 @@ OpenMMLab datasets read:
   bicubically) and ``train.txt`` / ``test.txt`` lines ``<file> <label>``.
 * ``det/``  detection, mmdet ``CocoDataset``: 128x128 canvases on textured backgrounds with
   1-4 digits at random positions and sizes; ``annotations/{train,test}.json`` (COCO, 10
-  categories named '0'..'9', boxes tight around the ink).
+  categories named '0'..'9', boxes tight around the ink; ``scan_id`` names the source scan).
 * ``pose/`` keypoints, mmpose ``CocoDataset`` (metainfo in
   ``configs/benchmarks/digits_pose_metainfo.py``): 128x128 canvases with 1-2 articulated stick
   figures whose limbs and torso are real handwritten '1' strokes and whose head is a real '0',
   warped onto the bones; the 13 joints are the keypoints. Figures face the viewer, so the
   figure's left side is on the image's right (as in COCO) and flipping swaps left and right.
-  Distractor digits of other classes are scattered on the background.
+  Distractor digits of other classes are scattered on the background. ``scan_ids`` of an
+  annotation name the scans its figure was drawn from.
 
 ``split.json`` records the scan indices of each split. Output is a pure function of the
 arguments (seeded numpy generators, PNG writes), so re-running reproduces the files bit for bit.
@@ -202,16 +203,16 @@ def make_det(out: str, scans, labels, split, num_images: dict, seed: int, size: 
                 region = canvas[y:y + h, x:x + w]
                 blend(region, alpha, ink_colour(rng, region))
                 x0, y0, x1, y1 = box[0] + x, box[1] + y, box[2] + x, box[3] + y
-                boxes.append((cell, [x0, y0, x1, y1], int(labels[k])))
+                boxes.append((cell, [x0, y0, x1, y1], int(labels[k]), k))
             noise = rng.normal(0, rng.uniform(0, 8), canvas.shape).astype(np.float32)
             img = np.clip(canvas + noise, 0, 255).astype(np.uint8)
             fname = f'{img_id:05d}.png'
             write_png(osp.join(folder, fname), img)
             images.append(dict(id=img_id, file_name=fname, width=size, height=size))
-            for _cell, (x0, y0, x1, y1), label in boxes:
+            for _cell, (x0, y0, x1, y1), label, k in boxes:
                 anns.append(dict(id=len(anns) + 1, image_id=img_id, category_id=label + 1,
                                  bbox=[x0, y0, x1 - x0, y1 - y0], area=(x1 - x0) * (y1 - y0),
-                                 iscrowd=0))
+                                 iscrowd=0, scan_id=int(k)))
         os.makedirs(osp.join(out, 'det', 'annotations'), exist_ok=True)
         with open(osp.join(out, 'det', 'annotations', f'{name}.json'), 'w') as f:
             json.dump(coco_skeleton(images, anns, categories), f)
@@ -262,11 +263,24 @@ def figure_joints(rng: np.random.Generator):
     return j, neck, pelvis
 
 
-def stroke_alpha(scan: np.ndarray, p, q, thickness: float, size: int) -> np.ndarray:
-    """A real handwritten '1' scan warped so its ink runs from ``p`` to ``q`` (canvas pixels).
+def _warp_max(alpha: np.ndarray, src: np.ndarray, m: np.ndarray, box) -> None:
+    """``alpha = max(alpha, warp(src, m))`` computed only inside ``box`` (x0, y0, x1, y1)."""
+    h, w = alpha.shape
+    x0, y0 = max(int(math.floor(box[0])), 0), max(int(math.floor(box[1])), 0)
+    x1, y1 = min(int(math.ceil(box[2])) + 1, w), min(int(math.ceil(box[3])) + 1, h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    m = m.astype(np.float64).copy()
+    m[:, 2] -= (x0, y0)  # destination shifted to the region's origin
+    roi = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)
+    np.maximum(alpha[y0:y1, x0:x1], roi, out=alpha[y0:y1, x0:x1])
 
-    The scan's ink box (top centre to bottom centre) is mapped onto the bone; its width onto
-    ``thickness``. Returns the (size, size) alpha map.
+
+def draw_stroke(alpha: np.ndarray, scan: np.ndarray, p, q, thickness: float) -> None:
+    """Draw a real handwritten '1' scan warped so its ink runs from ``p`` to ``q`` (pixels).
+
+    The scan's ink box (top centre to bottom centre) is mapped onto the bone, its width onto
+    ``thickness``; the result is max-combined into ``alpha`` (H, W).
     """
     big = upsample(scan, 32, 32)
     x0, y0, x1, y1 = ink_box(big) or [8, 0, 24, 32]
@@ -275,24 +289,24 @@ def stroke_alpha(scan: np.ndarray, p, q, thickness: float, size: int) -> np.ndar
     width = max(x1 - x0, 1)
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     axis = q - p
-    length = max(np.linalg.norm(axis), 1e-6)
-    u = axis / length
+    u = axis / max(np.linalg.norm(axis), 1e-6)
     n = np.array([-u[1], u[0]])
     # source (scan) -> destination (canvas): top->p, bottom->q, +x by width -> +n by thickness
     src = np.float32([top, bottom, top + np.array([width, 0.0])])
     dst = np.float32([p, q, p + n * thickness])
     m = cv2.getAffineTransform(src, dst)
-    return cv2.warpAffine(big, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    corners = np.array([[0, 0, 1], [32, 0, 1], [0, 32, 1], [32, 32, 1]], np.float64) @ m.T
+    _warp_max(alpha, big, m, (*corners.min(0), *corners.max(0)))
 
 
-def head_alpha(scan: np.ndarray, centre, radius: float, size: int) -> np.ndarray:
-    """A real handwritten '0' scan scaled so its ink box spans ``2 * radius`` around ``centre``."""
+def draw_head(alpha: np.ndarray, scan: np.ndarray, centre, radius: float) -> None:
+    """Draw a real handwritten '0' scan scaled so its ink box spans ``2 * radius``."""
     big = upsample(scan, 32, 32)
     x0, y0, x1, y1 = ink_box(big) or [4, 4, 28, 28]
     sx, sy = 2 * radius / max(x1 - x0, 1), 2 * radius / max(y1 - y0, 1)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     m = np.float32([[sx, 0, centre[0] - sx * cx], [0, sy, centre[1] - sy * cy]])
-    return cv2.warpAffine(big, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    _warp_max(alpha, big, m, (m[0, 2], m[1, 2], m[0, 2] + 32 * sx, m[1, 2] + 32 * sy))
 
 
 def make_pose(out: str, scans, labels, split, num_images: dict, seed: int, size: int = 128) -> dict:
@@ -342,11 +356,12 @@ def make_pose(out: str, scans, labels, split, num_images: dict, seed: int, size:
                 bones = [(neck_px, pelvis_px, thick * 1.3), (joints[1], joints[2], thick),
                          (joints[7], joints[8], thick)]
                 bones += [(joints[a], joints[b], thick) for a, b in LIMBS]
+                used = []
                 for p, q, t in bones:
-                    a = stroke_alpha(scans[int(rng.choice(ones))], p, q, t, size)
-                    np.maximum(alpha, a, out=alpha)
-                np.maximum(alpha, head_alpha(scans[int(rng.choice(zeros))], joints[0], head_r,
-                                             size), out=alpha)
+                    used.append(int(rng.choice(ones)))
+                    draw_stroke(alpha, scans[used[-1]], p, q, t)
+                used.append(int(rng.choice(zeros)))
+                draw_head(alpha, scans[used[-1]], joints[0], head_r)
                 x0, y0, x1, y1 = (int(math.floor(box[0])), int(math.floor(box[1])),
                                   int(math.ceil(box[2])), int(math.ceil(box[3])))
                 x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
@@ -357,7 +372,8 @@ def make_pose(out: str, scans, labels, split, num_images: dict, seed: int, size:
                     kps += [round(float(x), 2), round(float(y), 2), 2]
                 anns.append(dict(id=len(anns) + 1, image_id=img_id, category_id=1,
                                  bbox=[x0, y0, x1 - x0, y1 - y0], area=float((x1 - x0) * (y1 - y0)),
-                                 iscrowd=0, keypoints=kps, num_keypoints=len(KEYPOINTS)))
+                                 iscrowd=0, keypoints=kps, num_keypoints=len(KEYPOINTS),
+                                 scan_ids=used))
             noise = rng.normal(0, rng.uniform(0, 8), canvas.shape).astype(np.float32)
             img = np.clip(canvas + noise, 0, 255).astype(np.uint8)
             fname = f'{img_id:05d}.png'
