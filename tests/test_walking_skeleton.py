@@ -145,4 +145,4 @@ def test_metric_of_pruned_model_from_stock_tool_matches(skeleton_run):
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     stock = float(re.search(r'accuracy/top1: ([0-9.]+)', out.stdout + out.stderr).group(1))
-    assert stock == pytest.approx(ours, abs=1e-6)
+    assert stock == pytest.approx(ours, abs=1e-3)  # the stock tool prints 4 decimals
