@@ -130,6 +130,10 @@ class L1FilterPruner:
         trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual)
         self._check_patterns(work, trace)
         kind = type(work).__name__
+        if not trace.prunable and self.sparsity > 0:
+            reasons = sorted({r.split(' (')[0] for _, r in trace.skipped})
+            raise ValueError(f'backbone: {kind} has no prunable channel group; every group '
+                             f'{" or ".join(reasons) or "is empty"}')
         for group in trace.prunable:
             idxs = self.pruned_indices(group, self.group_keep(group))
             if not idxs:
