@@ -33,6 +33,9 @@ class _NoBackboneModel(BaseModel):
         super().__init__(data_preprocessor)
         self.fc = torch.nn.Linear(2, 2)
 
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        return self.fc(inputs)
+
 
 @pytest.fixture(scope='module')
 def teacher_ckpt(tmp_path_factory):

@@ -40,10 +40,12 @@ class ExportHook(Hook):
         model.before_export()
         paths = export_pruned_model(model.student, stock_config(runner.cfg), model.channel_spec,
                                     out_dir, meta=dict(dfbf_taps=model.taps), name=self.name)
+        runner.message_hub.update_info('dfbf_export', paths)
         runner.logger.info(f'exported the pruned model: {paths}')
         if self.profile:
             size = runner.cfg.model['input_size']
-            _, table = profile_backbones(model.teacher.backbone, model.student.backbone, size)
+            rows, table = profile_backbones(model.teacher.backbone, model.student.backbone, size)
+            runner.message_hub.update_info('dfbf_profile', rows)
             runner.logger.info('teacher vs student backbone\n' + table)
             with open(osp.join(out_dir, 'profile.md'), 'w') as f:
                 f.write(table + '\n')
