@@ -110,7 +110,8 @@ def normalization(model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor, b
     std = getattr(pre, 'std', None)
     if mean is None or std is None or not getattr(pre, '_enable_normalize', True):
         mean, std = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
-    bgr_to_rgb = bool(getattr(pre, '_channel_conversion', False))
+    # mmengine/mmdet/mmpose preprocessors call it _channel_conversion, mmpretrain's to_rgb
+    bgr_to_rgb = bool(getattr(pre, '_channel_conversion', False) or getattr(pre, 'to_rgb', False))
     return mean.detach().float().cpu().view(-1, 1, 1), std.detach().float().cpu().view(-1, 1, 1), bgr_to_rgb
 
 
