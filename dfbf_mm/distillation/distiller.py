@@ -74,12 +74,14 @@ class DataFreeDistiller(BaseModel):
         sp_loss: similarity-preserving KD added to the loss: ``weight`` (gamma) and ``taps``:
             'features' (the DFBF taps, default), 'layers' (outputs of the pruned layers) or
             name patterns.
+        raw_inputs: train batches are stock pipeline outputs (uint8 images + data samples, the
+            real-data baseline) and go through the teacher's data preprocessor first.
     """
 
     def __init__(self, model: dict, teacher_checkpoint: str, pruner: dict,
                  input_size: Tuple[int, int], distill: Optional[dict] = None,
                  channel_spec: Optional[dict] = None, overparam: Optional[dict] = None,
-                 sp_loss: Optional[dict] = None, init_cfg=None):
+                 sp_loss: Optional[dict] = None, raw_inputs: bool = False, init_cfg=None):
         super().__init__(data_preprocessor=dict(type='BaseDataPreprocessor'), init_cfg=init_cfg)
         distill = _check_keys(distill, DISTILL_KEYS, 'dfbf.distill')
         overparam = _check_keys(overparam, OVERPARAM_KEYS, 'dfbf.overparam')
@@ -123,6 +125,7 @@ class DataFreeDistiller(BaseModel):
                             pruned_layers if taps == 'layers' else
                             select_taps(self.teacher.backbone, self.student.backbone, example, taps))
             self.sp_loss = SimilarityPreservingLoss(loss_weight=sp_loss.get('weight', 1.0))
+        self.raw_inputs = raw_inputs
         self._merged_student = None  # cached merged copy of an expanded student, for eval
 
     def _pruned_layers(self):
@@ -151,6 +154,9 @@ class DataFreeDistiller(BaseModel):
     def forward(self, inputs, data_samples=None, mode: str = 'loss'):
         if mode != 'loss':
             return self.eval_student()(inputs, data_samples, mode=mode)
+        if self.raw_inputs:  # normalise like the stock model would (no batch augmentation)
+            inputs = self.teacher.data_preprocessor(
+                dict(inputs=inputs, data_samples=data_samples), False)['inputs']
         images = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
         taps = list(dict.fromkeys(self.taps + self.sp_taps))
         with torch.no_grad():

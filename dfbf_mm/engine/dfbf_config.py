@@ -20,7 +20,10 @@ from ..registry import PRUNERS, SYNTHESIZERS
 from ..stock_model import TASK_OF_SCOPE, config_scope, stock_model_cfg
 
 DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'distill',
-             'schedule', 'overparam', 'sp_loss', 'export', 'keep_custom_hooks')
+             'schedule', 'overparam', 'sp_loss', 'export', 'keep_custom_hooks', 'train_data')
+# what the student is fine-tuned on: DeepInversion images (the method), or, as baselines with the
+# same loss and budget, Gaussian noise and the real train split (num_images of it)
+TRAIN_DATA = ('synthetic', 'noise', 'real')
 SYNTHETIC_DATA_KEYS = ('num_images', 'batch_size', 'image_size', 'seed', 'cache_dir', 'num_classes')
 SCHEDULE_KEYS = ('epochs', 'lr', 'lr_steps', 'gamma', 'momentum', 'weight_decay', 'val_interval',
                  'checkpoint_interval')
@@ -70,6 +73,10 @@ def read_dfbf_block(cfg: Config) -> dict:
         data['image_size'] = (data['image_size'], data['image_size'])
     data['image_size'] = tuple(int(v) for v in data['image_size'])
     block['synthetic_data'] = data
+    block.setdefault('train_data', 'synthetic')
+    if block['train_data'] not in TRAIN_DATA:
+        raise ValueError(f"dfbf.train_data: {block['train_data']!r} is not one of "
+                         f"{', '.join(TRAIN_DATA)}")
     schedule = dict(DEFAULT_SCHEDULE, **block.get('schedule', {}))
     _check_keys(schedule, SCHEDULE_KEYS, 'dfbf.schedule')
     block['schedule'] = schedule
@@ -85,6 +92,33 @@ def resume_channel_spec(cfg: Config):
         return None
     meta = _load_checkpoint(path, map_location='cpu').get('meta', {})
     return meta.get('dfbf_channel_spec')
+
+
+def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
+    """The train dataloader for ``dfbf.train_data`` (see TRAIN_DATA)."""
+    data = dfbf['synthetic_data']
+    if dfbf['train_data'] == 'real':
+        if not stock_loader:
+            raise ValueError("dfbf.train_data: 'real' needs the stock config's train_dataloader")
+        loader = copy.deepcopy(stock_loader)
+        loader['batch_size'] = data['batch_size']
+        loader['dataset']['indices'] = data['num_images']  # an equal-size real subset
+        return loader
+    if dfbf['train_data'] == 'noise':
+        dataset = dict(type='NoiseImageDataset', num_images=data['num_images'],
+                       image_size=data['image_size'], seed=data['seed'])
+    else:
+        dataset = dict(
+            type='SyntheticImageDataset', num_images=data['num_images'],
+            batch_size=data['batch_size'], image_size=data['image_size'],
+            synthesizer=dfbf['synthesizer'], seed=data['seed'], num_classes=data['num_classes'],
+            cache_dir=data['cache_dir'] or osp.join(work_dir, 'synthetic_cache'))
+    return dict(
+        batch_size=data['batch_size'],
+        num_workers=0,  # images come from an in-memory cache; workers would only copy it
+        sampler=dict(type='DefaultSampler', shuffle=True),
+        collate_fn=dict(type='pseudo_collate'),
+        dataset=dataset)
 
 
 def to_runner_config(cfg: Config) -> Config:
@@ -108,23 +142,12 @@ def to_runner_config(cfg: Config) -> Config:
         distill=dfbf.get('distill'),
         overparam=dfbf.get('overparam'),
         sp_loss=dfbf.get('sp_loss'),
+        raw_inputs=dfbf['train_data'] == 'real',
         channel_spec=resume_channel_spec(cfg))
     cfg.data_preprocessor = None  # merged into the stock model above; the distiller has its own
 
-    cfg.train_dataloader = dict(
-        batch_size=data['batch_size'],
-        num_workers=0,  # images come from an in-memory cache; workers would only copy it
-        sampler=dict(type='DefaultSampler', shuffle=True),
-        collate_fn=dict(type='pseudo_collate'),
-        dataset=dict(
-            type='SyntheticImageDataset',
-            num_images=data['num_images'],
-            batch_size=data['batch_size'],
-            image_size=data['image_size'],
-            synthesizer=dfbf['synthesizer'],
-            cache_dir=data['cache_dir'] or osp.join(work_dir, 'synthetic_cache'),
-            seed=data['seed'],
-            num_classes=data['num_classes']))
+    cfg.train_dataloader = train_dataloader(dfbf, cfg.dfbf_stock.get('train_dataloader'),
+                                            work_dir)
 
     epochs = schedule['epochs']
     cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs,
@@ -148,11 +171,9 @@ def to_runner_config(cfg: Config) -> Config:
     default_hooks['checkpoint'] = checkpoint
     cfg.default_hooks = default_hooks
 
-    dfbf_hooks = [
-        dict(type='SyntheticDataHook', task=task),
-        dict(type='ChannelSpecHook'),
-        dict(type='ExportHook', **dfbf.get('export', {})),
-    ]
+    dfbf_hooks = [dict(type='ChannelSpecHook'), dict(type='ExportHook', **dfbf.get('export', {}))]
+    if dfbf['train_data'] == 'synthetic':
+        dfbf_hooks.insert(0, dict(type='SyntheticDataHook', task=task))
     stock_hooks = _plain(cfg.get('custom_hooks') or []) if dfbf.get('keep_custom_hooks') else []
     cfg.custom_hooks = stock_hooks + dfbf_hooks
     cfg.dfbf_task = task
