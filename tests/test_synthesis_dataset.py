@@ -115,6 +115,33 @@ def test_corrupt_and_mismatched_files_regenerated(tmp_path, teacher, caplog):
     assert torch.equal(again[0]['inputs'], good)  # regenerated with the same seed
 
 
+def test_warm_start_chains_shard_and_resume(tmp_path, teacher):
+    """Chains of 2: ranks own whole chains, later batches start from the previous one, and a
+    resumed or sharded run yields exactly the images of one uninterrupted run."""
+    chain = dict(num_images=8, chain_length=2,
+                 synthesizer=dict(SYNTH, warm_iterations=1, warm_warmup_iters=0))
+    whole = make(tmp_path / 'whole', **chain)
+    assert whole.prepare(teacher, 'classification', progress=False) == dict(generated=4, reused=0)
+    rank1 = make(tmp_path / 'sharded', **chain)
+    assert rank1.prepare(teacher, 'classification', rank=1, world_size=2, progress=False)['generated'] == 2
+    assert sorted(osp.basename(p) for p in glob.glob(osp.join(rank1.cache.dir, '*'))) == \
+        ['batch_00002.pt', 'batch_00003.pt']  # chain 1 = batches 2, 3
+    os.remove(rank1.cache.path(3))  # killed during the chain's second batch
+    resumed = make(tmp_path / 'sharded', **chain)
+    assert resumed.prepare(teacher, 'classification', progress=False) == dict(generated=3, reused=1)
+    for i in range(8):
+        assert torch.equal(resumed[i]['inputs'], whole[i]['inputs'])
+    record = torch.load(whole.cache.path(1), weights_only=True)
+    assert record['stats']['teacher_passes'] == 1  # warm batch: the short schedule
+    unchained = make(tmp_path / 'whole', num_images=8, synthesizer=chain['synthesizer'])
+    unchained.prepare(teacher, 'classification', progress=False)
+    assert unchained.cache.dir != whole.cache.dir  # chain settings are part of the cache key
+    assert torch.equal(unchained[0]['inputs'], whole[0]['inputs'])  # chain heads: same seeds
+    assert not torch.equal(unchained[2]['inputs'], whole[2]['inputs'])
+    with pytest.raises(ValueError, match='^chain_length: '):
+        make(tmp_path, chain_length=0)
+
+
 def test_bad_arguments(tmp_path, teacher):
     with pytest.raises(ValueError, match='^batch_size: '):
         make(tmp_path, batch_size=1)

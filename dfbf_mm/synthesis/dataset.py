@@ -4,6 +4,13 @@ No real image is read. ``prepare(teacher, task)`` fills an on-disk cache batch b
 (resumable, sharded over ranks); afterwards items are ``dict(inputs=Tensor[C, H, W])`` in the
 teacher's normalised input space, which MMEngine's ``pseudo_collate`` and ``DefaultSampler``
 handle like any other dataset.
+
+Chains (``chain_length`` G > 1): batches are grouped into chains of G consecutive batches; the
+first batch of a chain starts from noise with the synthesizer's full schedule, each later one
+starts from the previous batch's images (shuffled against new labels, rolled, see
+``DeepInversionSynthesizer.warm_init``) with its short ``warm_*`` schedule. That spends far
+fewer teacher passes per batch; chains are deterministic and a rank synthesises whole chains,
+so resuming and rank sharding still work.
 """
 import hashlib
 from typing import Dict, Optional, Tuple
@@ -40,10 +47,12 @@ class SyntheticImageDataset(Dataset):
         cache_dir: root of the cache; batches live in ``cache_dir/<key>/``.
         seed: base seed; batch b uses :func:`batch_seed` (seed, b).
         num_classes: classes for the balanced CE labels (default: the teacher head's).
+        chain_length: batches per warm-start chain (1: every batch starts from noise).
     """
 
     def __init__(self, num_images: int, batch_size: int, image_size: Tuple[int, int],
-                 synthesizer: dict, cache_dir: str, seed: int = 0, num_classes: Optional[int] = None):
+                 synthesizer: dict, cache_dir: str, seed: int = 0, num_classes: Optional[int] = None,
+                 chain_length: int = 1):
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'num_images: must be a positive integer, got {num_images!r}')
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -56,7 +65,10 @@ class SyntheticImageDataset(Dataset):
             raise ValueError('cache_dir: a directory for the synthetic batches is required')
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f'num_classes: must be a positive integer, got {num_classes!r}')
+        if not isinstance(chain_length, int) or chain_length < 1:
+            raise ValueError(f'chain_length: must be a positive integer, got {chain_length!r}')
         self.num_images = num_images
+        self.chain_length = chain_length
         self.batch_size = batch_size
         self.image_size = tuple(image_size)
         if isinstance(synthesizer, dict):
@@ -76,7 +88,10 @@ class SyntheticImageDataset(Dataset):
 
     def prepare(self, teacher_model: nn.Module, task: str, rank: int = 0, world_size: int = 1,
                 progress: bool = True) -> Dict[str, int]:
-        """Synthesise this rank's missing batches (b % world_size == rank) into the cache.
+        """Synthesise this rank's missing batches into the cache.
+
+        A rank owns whole chains: batch b belongs to chain ``b // chain_length``, which rank
+        ``chain % world_size`` synthesises (with chain_length 1: b % world_size == rank).
 
         The caller synchronises ranks (barrier) before reading; returns counts of batches
         ``generated`` and ``reused`` by this rank.
@@ -93,23 +108,41 @@ class SyntheticImageDataset(Dataset):
         config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
         key = cache_key(hash_state_dict(teacher_model.state_dict()), synthesizer=config, seed=self.seed,
                         image_size=self.image_size, batch_size=self.batch_size, task=task,
+                        chain_length=self.chain_length,
                         num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()])
         self.cache = BatchCache(self.cache_dir, key)
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}
-        mine = [b for b in range(self.num_batches) if b % world_size == rank]
+        mine = [b for b in range(self.num_batches) if (b // self.chain_length) % world_size == rank]
         todo = [b for b in mine if self.cache.load(b, self._shape) is None]
         print_log(f'synthetic_data: {len(mine) - len(todo)} of {len(mine)} batches cached in '
                   f'{self.cache.dir}; synthesising {len(todo)}', logger='current')
+        warm = None
+        if self.chain_length > 1:
+            if not hasattr(self.synthesizer, 'warm_synthesizer'):
+                raise ValueError(f'chain_length: {type(self.synthesizer).__name__} cannot warm-start '
+                                 'batches; use chain_length=1')
+            warm = self.synthesizer.warm_synthesizer()
+        previous = None  # images of batch b - 1, kept while b continues its chain
         for b in tqdm(todo, desc='synthetic batches', disable=not progress or len(todo) < 2):
             labels = None
             if task == 'classification' and num_classes:
                 # Balanced over the whole dataset: consecutive batches continue the cycle.
                 labels = (torch.arange(self.batch_size) + b * self.batch_size) % num_classes
-            images, stats = self.synthesizer.synthesize(
-                target, self.batch_size, self.image_size, (lo, hi), batch_seed(self.seed, b),
-                labels=labels, progress=progress)
+            seed = batch_seed(self.seed, b)
+            if b % self.chain_length == 0:
+                images, stats = self.synthesizer.synthesize(
+                    target, self.batch_size, self.image_size, (lo, hi), seed, labels=labels,
+                    progress=progress)
+            else:
+                if previous is None or previous[0] != b - 1:  # resumed: b - 1 is in the cache
+                    previous = (b - 1, self._batch(b - 1))
+                images, stats = warm.synthesize(
+                    target, self.batch_size, self.image_size, (lo, hi), seed, labels=labels,
+                    progress=progress, init=self.synthesizer.warm_init(previous[1], seed))
             self.cache.save(b, images, labels=labels, stats=stats)
+            previous = (b, images.cpu())
+        self._batches = {}
         return dict(generated=len(todo), reused=len(mine) - len(todo))
 
     def _batch(self, b: int) -> torch.Tensor:

@@ -100,13 +100,23 @@ class DeepInversionSynthesizer:
 
     @staticmethod
     def _validate(s: dict) -> None:
-        for key in ('iterations', 'half_res_iterations', 'warmup_iters', 'jitter', 'half_res_jitter'):
+        for key in ('iterations', 'half_res_iterations', 'warmup_iters', 'jitter', 'half_res_jitter',
+                    'coarse_iterations', 'warm_iterations', 'warm_warmup_iters', 'warm_shift'):
             if not isinstance(s[key], int) or s[key] < 0:
                 raise ValueError(f'{key}: must be a non-negative integer, got {s[key]!r}')
-        if s['iterations'] + s['half_res_iterations'] == 0:
-            raise ValueError('iterations: iterations + half_res_iterations must be positive')
-        if not s['lr'] > 0:
-            raise ValueError(f'lr: must be positive, got {s["lr"]!r}')
+        if s['iterations'] + s['half_res_iterations'] + s['coarse_iterations'] == 0:
+            raise ValueError('iterations: iterations + half_res_iterations + coarse_iterations '
+                             'must be positive')
+        if not isinstance(s['coarse_factor'], int) or s['coarse_factor'] < 1:
+            raise ValueError(f'coarse_factor: must be a positive integer, got {s["coarse_factor"]!r}')
+        for key in ('lr', 'warm_lr'):
+            if s[key] is not None and not s[key] > 0:
+                raise ValueError(f'{key}: must be positive, got {s[key]!r}')
+        if s['lr'] is None:
+            raise ValueError('lr: must be positive, got None')
+        for key in ('init_std', 'warm_noise'):
+            if not s[key] >= 0:
+                raise ValueError(f'{key}: must be non-negative, got {s[key]!r}')
         if s['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"lr_schedule: {s['lr_schedule']!r} is not 'constant' or 'cosine'")
         if s['tv_norm'] not in TV_NORMS:
@@ -115,21 +125,63 @@ class DeepInversionSynthesizer:
 
     @property
     def passes_per_batch(self) -> int:
-        """Teacher forward+backward passes spent on one batch."""
-        return self.settings['iterations'] + self.settings['half_res_iterations']
+        """Teacher forward+backward passes spent on one batch started from noise."""
+        s = self.settings
+        return s['iterations'] + s['half_res_iterations'] + s['coarse_iterations']
+
+    @property
+    def warm_passes_per_batch(self) -> int:
+        """Teacher passes spent on one batch warm-started from an earlier batch (chains)."""
+        return self.warm_synthesizer().passes_per_batch
 
     def config(self) -> dict:
         """The fully resolved settings (what changes the images), for cache keys and logs."""
         return dict(type=type(self).__name__, **self.settings)
 
-    def _phases(self) -> Sequence[Tuple[int, int, int]]:
-        """(down-sampling factor, iterations, jitter) per resolution phase."""
+    def warm_synthesizer(self) -> 'DeepInversionSynthesizer':
+        """The synthesizer for warm-started batches: the short ``warm_*`` schedule at full
+        resolution (no coarse or half-resolution phase: the start is already an image)."""
+        s = self.settings
+        over = dict(iterations=s['warm_iterations'] or s['iterations'], half_res_iterations=0,
+                    coarse_iterations=0, lr=s['warm_lr'] or s['lr'],
+                    warmup_iters=s['warm_warmup_iters'])
+        warm = DeepInversionSynthesizer.__new__(DeepInversionSynthesizer)
+        warm.preset, warm.settings, warm._checked_sizes = self.preset, dict(s, **over), self._checked_sizes
+        return warm
+
+    def warm_init(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """A warm start from an earlier batch: its images in a random order (so each meets a new
+        CE label), rolled by up to ``warm_shift`` pixels, flipped when ``flip`` is on, plus
+        ``warm_noise`` Gaussian noise; fresh draws from ``seed``, deterministic on CPU."""
+        s = self.settings
+        g = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
+        x = images.detach().float().cpu()
+        x = x[torch.randperm(len(x), generator=g)]
+        shift = s['warm_shift']
+        dy, dx = torch.randint(-shift, shift + 1, (2,), generator=g).tolist()
+        flip = bool(torch.rand(1, generator=g).item() < 0.5)
+        noise = torch.randn(x.shape, generator=g)
+        if shift:
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        if s['flip'] and flip:
+            x = torch.flip(x, dims=(3,))
+        return x + s['warm_noise'] * noise if s['warm_noise'] else x
+
+    def _phases(self) -> Sequence[Tuple[str, int, int, int]]:
+        """(kind, factor, iterations, jitter) per phase, in order.
+
+        ``coarse``: the pixels are a (H/f, W/f) image, bilinearly upsampled to full size before
+        the network (few, smooth degrees of freedom: a fast start); ``pool``: the reference's
+        half-resolution phase, the full-size image avg-pooled by 2 into the network; ``full``.
+        """
         s = self.settings
         phases = []
+        if s['coarse_iterations']:
+            phases.append(('coarse', s['coarse_factor'], s['coarse_iterations'], s['jitter']))
         if s['half_res_iterations']:
-            phases.append((2, s['half_res_iterations'], s['half_res_jitter']))
+            phases.append(('pool', 2, s['half_res_iterations'], s['half_res_jitter']))
         if s['iterations']:
-            phases.append((1, s['iterations'], s['jitter']))
+            phases.append(('full', 1, s['iterations'], s['jitter']))
         return phases
 
     def synthesize(self, target: nn.Module, batch_size: int, image_size: Tuple[int, int],
@@ -147,7 +199,8 @@ class DeepInversionSynthesizer:
                 on CPU).
             labels: CE targets for a logits target; default: balanced ``arange(N) % K``.
             student: for the competition term (``adi_weight > 0``).
-            init: start from these images instead of N(0, 1) noise (warm start).
+            init: start from these images instead of noise (warm start; see :meth:`warm_init`
+                and :meth:`warm_synthesizer` for the chains of SyntheticImageDataset).
         """
         s = self.settings
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -167,38 +220,58 @@ class DeepInversionSynthesizer:
         bn_hooks = BNStatisticsLoss(target, s['first_bn_multiplier'])
         device = next(target.parameters()).device
         phases = self._phases()
-        sizes = tuple((h // f, w // f) for f, _, _ in phases)
+        if init is not None:  # a warm start is already an image: no coarse phase
+            phases = [p for p in phases if p[0] != 'coarse'] or [('full', 1, s['coarse_iterations'], s['jitter'])]
+        sizes = tuple((h, w) if kind == 'coarse' else (h // f, w // f) for kind, f, _, _ in phases)
         if (id(target), sizes, str(device)) not in self._checked_sizes:
             check_image_size(target, sizes, channels, device)
             self._checked_sizes.add((id(target), sizes, str(device)))
 
         gen = torch.Generator().manual_seed(int(seed))
+        coarse = None
         if init is not None:
             if tuple(init.shape) != (batch_size, channels, h, w):
                 raise ValueError(f'init: expected shape {(batch_size, channels, h, w)}, got {tuple(init.shape)}')
             x = init.detach().clone().float()
+        elif phases[0][0] == 'coarse':
+            f = phases[0][1]
+            coarse = torch.randn(batch_size, channels, -(-h // f), -(-w // f), generator=gen) * s['init_std']
+            x = None
         else:
-            x = torch.randn(batch_size, channels, h, w, generator=gen)
-        x = x.to(device).requires_grad_(True)
+            x = torch.randn(batch_size, channels, h, w, generator=gen) * s['init_std']
         lo, hi = lo.to(device), hi.to(device)
+        if x is not None:
+            x = x.to(device).requires_grad_(True)
         use_amp = s['amp'] and device.type == 'cuda' and torch.cuda.is_bf16_supported()
         autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
         if labels is not None:
             labels = labels.to(device).long()
 
+        def upsample(z):
+            return F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False)
+
         passes = student_passes = 0
         terms: Dict[str, torch.Tensor] = {}
         start = time.perf_counter()
-        bar = tqdm(total=sum(p[1] for p in phases), desc='DeepInversion', disable=not progress,
+        bar = tqdm(total=sum(p[2] for p in phases), desc='DeepInversion', disable=not progress,
                    dynamic_ncols=True, leave=False)
         try:
             with frozen_eval(target, student), bn_hooks:
-                for factor, iters, jitter in phases:
-                    optimizer = torch.optim.Adam([x], lr=s['lr'], betas=s['betas'])
+                for kind, factor, iters, jitter in phases:
+                    if kind == 'coarse':
+                        param = coarse.to(device).clamp_(lo, hi).requires_grad_(True)
+                    else:
+                        param = x
+                    optimizer = torch.optim.Adam([param], lr=s['lr'], betas=s['betas'])
                     scheduler = torch.optim.lr_scheduler.LambdaLR(
                         optimizer, _lr_factor(iters, s['warmup_iters'], s['lr_schedule']))
                     for it in range(iters):
-                        xj = F.avg_pool2d(x, factor) if factor > 1 else x
+                        if kind == 'coarse':
+                            xj = upsample(param)
+                        elif factor > 1:
+                            xj = F.avg_pool2d(param, factor)
+                        else:
+                            xj = param
                         # Draws happen whatever the settings, so one seed gives one random stream.
                         dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
                         flip = bool(torch.rand(1, generator=gen).item() < 0.5)
@@ -216,13 +289,15 @@ class DeepInversionSynthesizer:
                         optimizer.step()
                         scheduler.step()
                         with torch.no_grad():
-                            x.clamp_(lo, hi)
+                            param.clamp_(lo, hi)
                         passes += 1
                         student_passes += student_out is not None
                         if progress and (it % 10 == 0 or it == iters - 1):
                             bar.set_postfix({k: f'{v.item():.3g}' for k, v in terms.items()
                                              if k != 'loss'}, refresh=False)
                         bar.update(1)
+                    if kind == 'coarse':
+                        x = upsample(param.detach()).clamp_(lo, hi).requires_grad_(True)
                 with torch.no_grad():
                     bn_hooks.reset()
                     target(x)

@@ -28,19 +28,32 @@ SETTINGS_DOC = {
     'adi_weight': 'Adaptive-DeepInversion competition weight (needs a student)',
     'adi_temperature': 'softmax temperature of the competition term',
     'amp': 'autocast (bf16) where CUDA is present',
+    'init_std': 'std of the N(0, std^2) starting noise in normalised space (reference: 1)',
+    'coarse_iterations': 'Adam steps first on a (H/coarse_factor)-sized image, bilinearly '
+                         'upsampled into the network (0: none)',
+    'coarse_factor': 'down-sampling factor of the coarse phase',
+    'warm_iterations': 'Adam steps of a warm-started batch (chains; 0: same as iterations)',
+    'warm_lr': 'Adam lr of a warm-started batch (None: lr)',
+    'warm_warmup_iters': 'linear lr warm-up steps of a warm-started batch',
+    'warm_shift': 'max random roll (pixels) of the earlier images a warm start begins from',
+    'warm_noise': 'std of Gaussian noise added to a warm start',
 }
+
+# Settings that are new since the reference, with values that leave its behaviour unchanged.
+_NEUTRAL = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
+                warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0)
 
 _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',
     warmup_iters=100, jitter=2, half_res_jitter=1, flip=False, bn_weight=10.0,
     first_bn_multiplier=1.0, tv_weight=1e-3, tv_norm='l2', l2_weight=0.0, ce_weight=1.0,
-    adi_weight=0.0, adi_temperature=3.0, amp=True)
+    adi_weight=0.0, adi_temperature=3.0, amp=True, **_NEUTRAL)
 
 _DETECTION = dict(
     iterations=1000, half_res_iterations=2000, lr=0.25, betas=(0.5, 0.9), lr_schedule='constant',
     warmup_iters=0, jitter=30, half_res_jitter=15, flip=True, bn_weight=0.01,
     first_bn_multiplier=10.0, tv_weight=1e-4, tv_norm='l2', l2_weight=1e-5, ce_weight=0.0,
-    adi_weight=0.0, adi_temperature=3.0, amp=True)
+    adi_weight=0.0, adi_temperature=3.0, amp=True, **_NEUTRAL)
 
 PRESETS = {
     'classification': _CLASSIFICATION,
