@@ -1,0 +1,82 @@
+"""tools/benchmarks/run.py bookkeeping: resume, tables and plot, with a mocked run function.
+
+No model is built or trained here: ``run_all`` takes the measuring functions as arguments.
+"""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
+import run as bench  # noqa: E402
+
+
+def fake_run(calls, fail=()):
+    def run_fn(task, rule, sparsity, method, results):
+        calls.append((task, rule, sparsity, method))
+        if method in fail:
+            raise RuntimeError('boom')
+        results[f'full|{task}|{rule}|s{sparsity:g}|pruned'] = dict(metric=20.0)
+        metric = {'dfbf': 90.0, 'noise': 40.0, 'real': 95.0, 'dfbf+lop': 91.0}[method]
+        return dict(metric=metric - 10 * sparsity, pruned=20.0, macs=1e7 * (1 - sparsity),
+                    macs_teacher=1e7, params=3e5, params_teacher=7e5, latency_ms=2.0,
+                    latency_teacher_ms=3.0, finetune_s=12.0, wall_s=20.0,
+                    synthesis_s=30.0 if method.startswith('dfbf') else None, num_images=256,
+                    epochs=40, distill=dict(distance='l1'))
+    return run_fn
+
+
+def test_run_all_resumes_and_reports(tmp_path):
+    out = str(tmp_path)
+    path = osp.join(out, 'results.json')
+    args = bench.parse_args(['--tasks', 'cls', '--sparsities', '0.5', '0.7', '--rules', 'uniform',
+                             '--methods', 'dfbf', 'noise', 'real', 'dfbf+lop', '--out', out])
+    calls, teacher_calls = [], []
+
+    def teacher_fn(task):
+        teacher_calls.append(task)
+        return dict(metric=99.0)
+
+    # first pass: dfbf+lop fails, everything else is recorded
+    results, failed = bench.run_all(args, fake_run(calls, fail=('dfbf+lop', )), teacher_fn, path,
+                                    log=lambda *a: None)
+    assert failed == ['full|cls|uniform|s0.5|dfbf+lop', 'full|cls|uniform|s0.7|dfbf+lop']
+    assert len(calls) == 8 and teacher_calls == ['cls']
+    saved = json.load(open(path))
+    assert saved['full|cls|uniform|s0.5|real']['metric'] == pytest.approx(90.0)
+    assert 'full|cls|uniform|s0.5|dfbf+lop' not in saved
+
+    # rerun: only the failed runs are measured again; the teacher is not re-evaluated
+    calls.clear()
+    results, failed = bench.run_all(args, fake_run(calls), teacher_fn, path, log=lambda *a: None)
+    assert failed == [] and teacher_calls == ['cls']
+    assert calls == [('cls', 'uniform', 0.5, 'dfbf+lop'), ('cls', 'uniform', 0.7, 'dfbf+lop')]
+
+    md, png = bench.write_outputs(results, out, 'full')
+    text = open(md).read()
+    assert '## cls: top-1 (%), teacher 99.00' in text
+    assert '| uniform | 0.5 | 50.0 % | 20.00 | 85.00 (12 s) | 35.00 (12 s) | 90.00 (12 s) | 86.00 (12 s) |' in text
+    # detail row: % of teacher and the gap to the real-data bound of the same setting
+    assert '| uniform | 0.7 | dfbf | 83.00 | 83.8 | -5.00 |' in text
+    assert osp.getsize(png) > 0
+
+
+def test_missing_teacher_skips_task(tmp_path):
+    args = bench.parse_args(['--tasks', 'det', '--out', str(tmp_path)])
+    logs = []
+
+    def teacher_fn(task):
+        raise FileNotFoundError('no teacher checkpoint checkpoints/digits_det_teacher.pth')
+
+    results, failed = bench.run_all(args, fake_run([]), teacher_fn,
+                                    osp.join(str(tmp_path), 'results.json'), log=logs.append)
+    assert results == {} and failed == []
+    assert logs == ['[benchmark] det: skipped (no teacher checkpoint '
+                    'checkpoints/digits_det_teacher.pth)']
+
+
+def test_bad_sparsity_is_one_line_error():
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--sparsities', '1.5'])
