@@ -37,7 +37,7 @@ def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
     out = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
          '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), stock_train,
-         str(cfg_file), '--launcher', 'pytorch', '--work-dir', str(work),
+         str(cfg_file), '--launcher', 'pytorch', '--work-dir', str(work), '--no-persistent-workers',
          '--cfg-options', 'dfbf.synthesizer.iterations=5', 'dfbf.schedule.epochs=1',
          'dfbf.synthetic_data.num_images=8', 'dfbf.synthetic_data.batch_size=2'],
         capture_output=True, text=True, timeout=600)

@@ -166,11 +166,14 @@ def test_bad_input_errors():
 
 
 def test_mmpretrain_stacked_head_and_tanh_error():
+    from mmengine.registry import DefaultScope
     from mmpretrain.models import ImageClassifier
     torch.manual_seed(0)
-    model = ImageClassifier(backbone=dict(type='LeNet5'), neck=dict(type='GlobalAveragePooling'),
-                            head=dict(type='StackedLinearClsHead', num_classes=10, in_channels=120,
-                                      mid_channels=[32, 24])).eval()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # independent of earlier tests
+        model = ImageClassifier(
+            backbone=dict(type='LeNet5'), neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='StackedLinearClsHead', num_classes=10, in_channels=120,
+                      mid_channels=[32, 24])).eval()
     x = torch.rand(8, 1, 32, 32)
     ref = model(x, mode='tensor')
     recs = build(target=0.5, step=0.25).prune(model, example_input=x, evaluate=lambda m: m(x, mode='tensor'))

@@ -36,7 +36,7 @@ class SyntheticDataHook(Hook):
                   f'batches, reused {done["reused"]}', flush=True)
         barrier()
         if world_size > 1:  # the other ranks' batches are in the cache now
-            dataset.prepare(model.teacher, self.task, rank=rank, world_size=1)
+            dataset.prepare(model.teacher, self.task, rank=0, world_size=1, progress=False)
         if is_main_process():
             self._show(runner, dataset, model.teacher)
 

@@ -1,0 +1,105 @@
+"""Cost of one distillation step vs one plain training step of the student alone (issue 5).
+
+    python tools/benchmarks/distill_step_speed.py [--models yolox_s resnet50] [--batch 8]
+        [--size 256] [--steps 5] [--out docs/distill_step_speed.md]
+
+For each stock model (random weights: the cost does not depend on the values) the student is
+the backbone-pruned model (L1, s=0.1, layer-dependent, as in the reference). Measured side by
+side in one process, median over ``--steps`` after a warm-up:
+- distill step: ``DataFreeDistiller.train_step`` on a batch of synthetic-format images
+  (teacher backbone forward without grad + student backbone forward/backward + SGD step);
+- plain step: the pruned student's own stock ``train_step`` on a labelled batch of the same
+  size (full model with neck, head and task loss, backward, SGD step).
+"""
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from mmengine.hub import get_config
+from mmengine.optim import build_optim_wrapper
+
+import dfbf_mm  # noqa: F401
+from dfbf_mm.registry import MODELS
+from dfbf_mm.stock_model import build_stock_model, config_scope, enter_scope, stock_model_cfg
+
+MODELS_CFG = {
+    'yolox_s': 'mmdet::yolox/yolox_s_8xb8-300e_coco.py',
+    'resnet50': 'mmpretrain::resnet/resnet50_8xb32_in1k.py',
+}
+
+
+def labelled_batch(scope, batch, size):
+    if scope == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        return demo_mm_inputs(batch, image_shapes=(3, size, size), num_items=[3] * batch,
+                              num_classes=80)
+    from mmpretrain.structures import DataSample
+    return dict(inputs=[torch.randint(0, 255, (3, size, size), dtype=torch.uint8)
+                        for _ in range(batch)],
+                data_samples=[DataSample().set_gt_label(i % 1000) for i in range(batch)])
+
+
+def timed(fn, steps, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name, batch, size, steps):
+    cfg = get_config(MODELS_CFG[name])
+    scope = config_scope(cfg)
+    enter_scope(scope)
+    teacher = build_stock_model(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = f'{tmp}/teacher.pth'
+        torch.save({'state_dict': teacher.state_dict()}, ckpt)
+        distiller = MODELS.build(dict(
+            type='DataFreeDistiller', model=stock_model_cfg(cfg), teacher_checkpoint=ckpt,
+            pruner=dict(type='L1FilterPruner', sparsity=0.1, layer_dependent=True),
+            input_size=(size, size)))
+    distiller.train()
+    sgd = dict(optimizer=dict(type='SGD', lr=1e-4, momentum=0.9, weight_decay=5e-4))
+    distill_optim = build_optim_wrapper(distiller, sgd)
+    images = dict(inputs=[torch.randn(3, size, size) for _ in range(batch)])
+    t_distill = timed(lambda: distiller.train_step(images, distill_optim), steps)
+
+    student = distiller.student.train()
+    student.requires_grad_(True)
+    plain_optim = build_optim_wrapper(student, sgd)
+    data = labelled_batch(scope, batch, size)
+    t_plain = timed(lambda: student.train_step(data, plain_optim), steps)
+    return dict(model=name, batch=batch, size=size, distill=t_distill, plain=t_plain,
+                ratio=t_distill / t_plain)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--models', nargs='+', default=list(MODELS_CFG), choices=list(MODELS_CFG))
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--size', type=int, default=256)
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--out', default=None, help='write the markdown table here too')
+    args = parser.parse_args()
+    rows = [measure(m, args.batch, args.size, args.steps) for m in args.models]
+    lines = [f'Produced by `python tools/benchmarks/distill_step_speed.py --batch {args.batch} '
+             f'--size {args.size} --steps {args.steps}` on {torch.get_num_threads()} CPU '
+             'thread(s); median seconds per step.', '',
+             '| model | batch | input | distill step (s) | plain student step (s) | ratio |',
+             '|---|---|---|---|---|---|']
+    lines += [f'| {r["model"]} | {r["batch"]} | {r["size"]}x{r["size"]} | {r["distill"]:.3f} | '
+              f'{r["plain"]:.3f} | {r["ratio"]:.2f} |' for r in rows]
+    print('\n'.join(lines))
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write('# Distillation step vs plain student training step\n\n' + '\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+    main()
