@@ -111,6 +111,35 @@ def test_two_phase_and_competition_term(model):
     assert student.training
 
 
+def test_coarse_phase_settle_and_warm_start(model):
+    """Coarse phase (low-res image upsampled), jitter-free settling steps, and the warm start of
+    chains: all deterministic, and the neutral values keep the reference's cache key."""
+    synth = DeepInversionSynthesizer('classification', iterations=3, coarse_iterations=2,
+                                     coarse_factor=2, settle_iters=2, warmup_iters=1)
+    a, stats = run(model, synth, seed=3)
+    b, _ = run(model, synth, seed=3)
+    assert torch.equal(a, b) and stats['teacher_passes'] == 5 and synth.passes_per_batch == 5
+    warm = DeepInversionSynthesizer('classification', iterations=5, warm_iterations=2, warm_lr=0.5,
+                                    warmup_iters=1)
+    assert warm.warm_passes_per_batch == 2 and warm.warm_synthesizer().settings['lr'] == 0.5
+    init = warm.warm_init(a, seed=4)
+    assert torch.equal(init, warm.warm_init(a, seed=4)) and not torch.equal(init, warm.warm_init(a, seed=5))
+    assert torch.allclose(init.sum(), a.sum(), atol=1e-4)  # a shuffle and a roll: same pixels
+    c, wstats = run(model, warm.warm_synthesizer(), seed=4, init=init)
+    assert wstats['teacher_passes'] == 2 and c.shape == a.shape
+    assert DeepInversionSynthesizer('classification').config() == dict(
+        type='DeepInversionSynthesizer', **{k: v for k, v in DeepInversionSynthesizer().settings.items()
+                                            if k in ('iterations', 'lr', 'betas', 'lr_schedule', 'warmup_iters',
+                                                     'jitter', 'half_res_jitter', 'half_res_iterations', 'flip',
+                                                     'bn_weight', 'first_bn_multiplier', 'tv_weight', 'tv_norm',
+                                                     'l2_weight', 'ce_weight', 'adi_weight', 'adi_temperature',
+                                                     'amp')})
+    with pytest.raises(ValueError, match='^coarse_factor: must be a positive integer'):
+        DeepInversionSynthesizer(coarse_factor=0)
+    with pytest.raises(ValueError, match='^warm_noise: must be non-negative'):
+        DeepInversionSynthesizer(warm_noise=-1.0)
+
+
 def test_backbone_target_for_detection():
     from mmdet.models.backbones import ResNet
     backbone = ResNet(depth=18, base_channels=4, out_indices=(0, 1, 2, 3))

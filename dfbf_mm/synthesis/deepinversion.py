@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss
 from .inversion_target import check_image_size
-from .presets import get_preset
+from .presets import NEUTRAL_SETTINGS, get_preset
 from .priors import TV_NORMS, l2_prior, total_variation
 
 
@@ -101,7 +101,7 @@ class DeepInversionSynthesizer:
     @staticmethod
     def _validate(s: dict) -> None:
         for key in ('iterations', 'half_res_iterations', 'warmup_iters', 'jitter', 'half_res_jitter',
-                    'coarse_iterations', 'warm_iterations', 'warm_warmup_iters', 'warm_shift'):
+                    'coarse_iterations', 'settle_iters', 'warm_settle_iters', 'warm_iterations', 'warm_warmup_iters', 'warm_shift'):
             if not isinstance(s[key], int) or s[key] < 0:
                 raise ValueError(f'{key}: must be a non-negative integer, got {s[key]!r}')
         if s['iterations'] + s['half_res_iterations'] + s['coarse_iterations'] == 0:
@@ -135,8 +135,14 @@ class DeepInversionSynthesizer:
         return self.warm_synthesizer().passes_per_batch
 
     def config(self) -> dict:
-        """The fully resolved settings (what changes the images), for cache keys and logs."""
-        return dict(type=type(self).__name__, **self.settings)
+        """The fully resolved settings (what changes the images), for cache keys and logs.
+
+        Settings added after the reference are left out while they hold their neutral value
+        (the reference's behaviour), so adding one does not invalidate existing caches.
+        """
+        settings = {k: v for k, v in self.settings.items()
+                    if not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
+        return dict(type=type(self).__name__, **settings)
 
     def warm_synthesizer(self) -> 'DeepInversionSynthesizer':
         """The synthesizer for warm-started batches: the short ``warm_*`` schedule at full
@@ -144,7 +150,7 @@ class DeepInversionSynthesizer:
         s = self.settings
         over = dict(iterations=s['warm_iterations'] or s['iterations'], half_res_iterations=0,
                     coarse_iterations=0, lr=s['warm_lr'] or s['lr'],
-                    warmup_iters=s['warm_warmup_iters'])
+                    warmup_iters=s['warm_warmup_iters'], settle_iters=s['warm_settle_iters'])
         warm = DeepInversionSynthesizer.__new__(DeepInversionSynthesizer)
         warm.preset, warm.settings, warm._checked_sizes = self.preset, dict(s, **over), self._checked_sizes
         return warm
@@ -250,6 +256,7 @@ class DeepInversionSynthesizer:
         def upsample(z):
             return F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False)
 
+        last_kind = phases[-1][0]
         passes = student_passes = 0
         terms: Dict[str, torch.Tensor] = {}
         start = time.perf_counter()
@@ -275,9 +282,11 @@ class DeepInversionSynthesizer:
                         # Draws happen whatever the settings, so one seed gives one random stream.
                         dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
                         flip = bool(torch.rand(1, generator=gen).item() < 0.5)
-                        if jitter:
+                        # The last settle_iters steps see the images as they will be used.
+                        settle = kind == last_kind and it >= iters - s['settle_iters']
+                        if jitter and not settle:
                             xj = torch.roll(xj, shifts=(dy, dx), dims=(2, 3))
-                        if s['flip'] and flip:
+                        if s['flip'] and flip and not settle:
                             xj = torch.flip(xj, dims=(3,))
                         optimizer.zero_grad(set_to_none=True)
                         bn_hooks.reset()

@@ -1,10 +1,10 @@
 """Named DeepInversion settings.
 
-``classification`` and ``detection``/``pose`` are the reference's settings (spec §2);
-``fast`` is the best cold-start schedule at 1/10 of the reference's passes among those measured
-by tools/benchmarks/synthesis_speed.py (docs/synthesis_speed.md): the classification loss
-weights, 200 steps, higher lr. On the digits teacher it does NOT reach the reference's final
-BN loss; see that page before relying on it.
+``classification`` and ``detection``/``pose`` are the reference's settings (spec §2).
+``fast`` spends 1/10 of the classification reference's passes (200 per batch): lr 0.25, and
+the roll jitter only in the first 100 steps, so the images settle on the BN statistics as they
+are used; ``fast_chain`` adds warm-start chains for ``SyntheticImageDataset(chain_length=G)``.
+Measured against the reference by tools/benchmarks/synthesis_speed.py (docs/synthesis_speed.md).
 """
 import copy
 
@@ -37,30 +37,39 @@ SETTINGS_DOC = {
     'warm_warmup_iters': 'linear lr warm-up steps of a warm-started batch',
     'warm_shift': 'max random roll (pixels) of the earlier images a warm start begins from',
     'warm_noise': 'std of Gaussian noise added to a warm start',
+    'settle_iters': 'last steps of the last phase without jitter and flip (the images as used)',
+    'warm_settle_iters': 'settle_iters of a warm-started batch',
 }
 
 # Settings that are new since the reference, with values that leave its behaviour unchanged.
-_NEUTRAL = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
-                warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0)
+NEUTRAL_SETTINGS = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
+                warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0,
+                settle_iters=0, warm_settle_iters=0)
 
 _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',
     warmup_iters=100, jitter=2, half_res_jitter=1, flip=False, bn_weight=10.0,
     first_bn_multiplier=1.0, tv_weight=1e-3, tv_norm='l2', l2_weight=0.0, ce_weight=1.0,
-    adi_weight=0.0, adi_temperature=3.0, amp=True, **_NEUTRAL)
+    adi_weight=0.0, adi_temperature=3.0, amp=True, **NEUTRAL_SETTINGS)
 
 _DETECTION = dict(
     iterations=1000, half_res_iterations=2000, lr=0.25, betas=(0.5, 0.9), lr_schedule='constant',
     warmup_iters=0, jitter=30, half_res_jitter=15, flip=True, bn_weight=0.01,
     first_bn_multiplier=10.0, tv_weight=1e-4, tv_norm='l2', l2_weight=1e-5, ce_weight=0.0,
-    adi_weight=0.0, adi_temperature=3.0, amp=True, **_NEUTRAL)
+    adi_weight=0.0, adi_temperature=3.0, amp=True, **NEUTRAL_SETTINGS)
+
+_FAST = dict(_CLASSIFICATION, iterations=200, lr=0.25, warmup_iters=10, settle_iters=100)
 
 PRESETS = {
     'classification': _CLASSIFICATION,
     'detection': _DETECTION,
     'pose': dict(_DETECTION),
-    # 1/10 of the classification reference's 2000 passes.
-    'fast': dict(_CLASSIFICATION, iterations=200, lr=0.25, warmup_iters=10),
+    # 1/10 of the classification reference's 2000 passes; jitter only in the first half, so the
+    # images settle on the statistics as they will be used (docs/synthesis_speed.md).
+    'fast': _FAST,
+    # SyntheticImageDataset(chain_length > 1): 'fast' for a chain's first batch, then 100 steps
+    # from the previous batch (the last 50 without jitter).
+    'fast_chain': dict(_FAST, warm_iterations=100, warm_warmup_iters=5, warm_settle_iters=50),
 }
 
 

@@ -1,13 +1,19 @@
-"""How fast can DeepInversion reach the reference's image quality? One teacher, several schedules.
+"""How fast can DeepInversion reach the reference's image quality? One teacher, several modes.
 
     python tools/benchmarks/synthesis_speed.py [--config C --checkpoint P] [--batch-size 16]
-        [--image-size 32] [--seeds 0 1] [--out-md docs/synthesis_speed.md]
+        [--image-size 32] [--batches 8] [--reference-batches 1] [--modes 0 1 ...]
+        [--accuracy 0 5 --ft-epochs 10] [--work-dir work_dirs/synthesis_speed]
+        [--out-md docs/synthesis_speed.md]
 
-Every mode synthesises the same batches (same seeds) from the same teacher with the
-classification loss weights; we report teacher forward+backward passes per batch, wall time
-and the final BN-statistics loss (sum over BN layers, measured on the final images at full
-resolution without jitter, so modes are comparable). The goal is the reference's final BN
-loss with at most 1/10 of its passes.
+Every mode fills a ``SyntheticImageDataset`` (the class training uses, so chains, labels and
+seeds are exactly what a DFBF run gets) from the same teacher with the classification loss
+weights; batches are cached under ``--work-dir`` (a re-run reuses them and reports the wall
+time recorded when they were made). Per mode we report teacher forward+backward passes per
+batch (chains: the cold head and the warm batches averaged), wall time per batch and the final
+BN-statistics loss (sum over BN layers, on the final images at full resolution without jitter,
+mean over the batches). The goal is the reference's final BN loss with at most 1/10 of its
+passes. ``--accuracy`` fine-tunes the pruned digits student (configs/benchmarks/
+dfbf_digits_cls.py, short schedule) on each listed mode's images and reports test top-1.
 """
 import argparse
 import os
@@ -17,92 +23,142 @@ import time
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, REPO)
 
 from mmengine.config import Config  # noqa: E402
 
-from dfbf_mm.stock_model import build_stock_model, load_weights, pixel_range  # noqa: E402
-from dfbf_mm.synthesis import DeepInversionSynthesizer, inversion_target  # noqa: E402
+from dfbf_mm.stock_model import build_stock_model, load_weights  # noqa: E402
+from dfbf_mm.synthesis import SyntheticImageDataset  # noqa: E402
 
-# (name, preset, overrides, warm_start): warm_start starts the batch from an earlier batch
-# (fast preset, another seed), shuffled, rolled and flipped, instead of noise.
+# (name, preset, overrides, chain_length). Chains: the head batch starts from noise with the
+# preset's schedule, later batches from the previous batch with the short warm_* schedule.
+_OLD_FAST = dict(iterations=200, lr=0.25, warmup_iters=10)
 MODES = [
-    ('reference (classification preset)', 'classification', {}, False),
-    ('fast preset: 200 it, lr 0.25, cosine', 'fast', {}, False),
-    ('200 it, lr 0.1 (reference lr), cosine', 'fast', dict(lr=0.1), False),
-    ('200 it, lr 0.25, constant', 'fast', dict(lr_schedule='constant', warmup_iters=0), False),
-    ('two-phase: 150 half-res + 50 full, lr 0.25', 'fast',
-     dict(iterations=50, half_res_iterations=150, warmup_iters=5), False),
-    ('100 it, lr 0.5, cosine', 'fast', dict(iterations=100, lr=0.5, warmup_iters=5), False),
-    ('warm start from previous batch, 100 it, lr 0.25', 'fast', dict(iterations=100, warmup_iters=5), True),
-    ('warm start from previous batch, 200 it, lr 0.25', 'fast', {}, True),
+    ('reference (classification preset)', 'classification', {}, 1),
+    ("old 'fast': 200 it, lr 0.25, cosine, jitter 2 throughout", 'classification', _OLD_FAST, 1),
+    ("'fast' preset: as old, no jitter in the last 100 it", 'fast', {}, 1),
+    ('200 it, lr 0.25, no jitter at all', 'classification', dict(_OLD_FAST, jitter=0), 1),
+    ('200 it, lr 0.5, betas (0.5, 0.9), jitter 2 throughout', 'classification',
+     dict(_OLD_FAST, lr=0.5, betas=(0.5, 0.9)), 1),
+    ('coarse: 100 it on 16x16 upsampled + 100 full, jitter 2', 'classification',
+     dict(_OLD_FAST, iterations=100, coarse_iterations=100, coarse_factor=2), 1),
+    ("'fast_chain' preset: chains of 4, warm batches 100 it", 'fast_chain', {}, 4),
 ]
 
 
-def fresh_start(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """Earlier images, shuffled, randomly rolled and flipped: a warm start with fresh jitter."""
-    g = torch.Generator().manual_seed(seed)
-    x = images[torch.randperm(len(images), generator=g)]
-    dy, dx = torch.randint(-4, 5, (2,), generator=g).tolist()
-    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    return torch.flip(x, dims=(3,)) if torch.rand(1, generator=g).item() < 0.5 else x
+def synthesize_mode(model, mode, args, cache_root):
+    """The mode's dataset, prepared; and (passes, seconds, BN loss) per batch from the cache."""
+    name, preset, overrides, chain = mode
+    batches = args.reference_batches if preset == 'classification' and not overrides else args.batches
+    ds = SyntheticImageDataset(
+        num_images=batches * args.batch_size, batch_size=args.batch_size,
+        image_size=(args.image_size, args.image_size), cache_dir=cache_root, seed=args.seed,
+        num_classes=10, chain_length=min(chain, batches),
+        synthesizer=dict(type='DeepInversionSynthesizer', preset=preset, **overrides))
+    ds.prepare(model, 'classification', progress=True)
+    stats = [ds.cache.load(b, ds._shape)['stats'] for b in range(ds.num_batches)]
+    return ds, stats
+
+
+def finetune_accuracy(mode, ds, args, work_dir):
+    """Test top-1 of the pruned digits student fine-tuned on the mode's first ``--ft-images``
+    (cached) images, before and after.
+
+    Runner._init_model_weights re-initialises the distiller's freshly loaded teacher and student
+    (mmengine's init_weights on modules never marked initialised); marking the distiller as
+    initialised keeps the checkpoint weights, so this measures the images, not that defect.
+    """
+    from mmengine.runner import Runner
+    from dfbf_mm.engine.dfbf_config import to_runner_config
+    name, preset, overrides, chain = mode
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'benchmarks', 'dfbf_digits_cls.py'))
+    for split in ('val_dataloader', 'test_dataloader', 'train_dataloader'):
+        cfg[split].dataset.data_root = args.data
+    cfg.work_dir = work_dir
+    cfg.dfbf.teacher_checkpoint = args.checkpoint
+    cfg.dfbf.synthesizer = dict(type='DeepInversionSynthesizer', preset=preset, **overrides)
+    cfg.dfbf.synthetic_data = dict(num_images=min(args.ft_images, ds.num_images), batch_size=args.batch_size,
+                                   image_size=(args.image_size, args.image_size), seed=args.seed,
+                                   num_classes=10, cache_dir=ds.cache_dir)
+    cfg.dfbf.schedule = dict(epochs=args.ft_epochs, lr=0.01, lr_steps=[max(1, args.ft_epochs * 3 // 4)],
+                             checkpoint_interval=args.ft_epochs)
+    cfg.dfbf.export = dict(profile=False)  # latency profiling is not what this measures
+    runner_cfg = to_runner_config(cfg)
+    runner_cfg.train_dataloader.dataset.chain_length = ds.chain_length
+    runner_cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
+    runner = Runner.from_cfg(runner_cfg)
+    runner.model._is_init = True  # see the docstring
+    pruned = runner.val()['accuracy/top1']
+    runner.train()
+    return pruned, runner.val_loop.run()['accuracy/top1']
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default='configs/benchmarks/digits_cls_teacher.py')
-    parser.add_argument('--checkpoint', default='checkpoints/digits_cls_teacher.pth',
-                        help="teacher weights; 'none' = random init (BN stats then trivial)")
+    parser.add_argument('--checkpoint', default='checkpoints/digits_cls_teacher.pth')
+    parser.add_argument('--data', default='data/digits', help='digits data (for --accuracy)')
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--image-size', type=int, default=32)
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    parser.add_argument('--batches', type=int, default=4, help='batches per mode (one chain of 4)')
+    parser.add_argument('--reference-batches', type=int, default=1,
+                        help='batches of the reference mode (2000 passes each)')
+    parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--modes', type=int, nargs='+', default=None, help='indices into MODES')
+    parser.add_argument('--accuracy', type=int, nargs='*', default=[],
+                        help='indices of modes whose images fine-tune the pruned student')
+    parser.add_argument('--ft-epochs', type=int, default=40)
+    parser.add_argument('--ft-images', type=int, default=16,
+                        help='images each fine-tuning uses (the first ones of the mode)')
+    parser.add_argument('--work-dir', default='work_dirs/synthesis_speed')
     parser.add_argument('--out-md', default=None, help='also write the table here')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     cfg = Config.fromfile(args.config)
     model = build_stock_model(cfg)
-    if args.checkpoint != 'none':
-        load_weights(model, args.checkpoint)
+    load_weights(model, args.checkpoint)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     model.to(device).eval()
-    target = inversion_target(model, 'classification')
-    prange = pixel_range(model)
-    size = (args.image_size, args.image_size)
 
     rows = []
-    previous = {}  # seed -> earlier batch that warm-start modes start from
-    for idx, (name, preset, overrides, warm) in enumerate(MODES):
+    for idx, mode in enumerate(MODES):
         if args.modes is not None and idx not in args.modes:
             continue
-        synth = DeepInversionSynthesizer(preset, **overrides)
-        bn, secs = [], 0.0
-        for i, seed in enumerate(args.seeds):
-            init = None
-            if warm:
-                # Every warm mode starts from the same earlier batch: fast preset, seed - 1000.
-                if seed not in previous:
-                    previous[seed], _ = DeepInversionSynthesizer('fast').synthesize(
-                        target, args.batch_size, size, prange, seed=seed - 1000, progress=False)
-                init = fresh_start(previous[seed].cpu(), seed)
-            images, stats = synth.synthesize(target, args.batch_size, size, prange, seed=seed,
-                                             progress=True, init=init)
-            bn.append(stats['bn_eval'])
-            secs += stats['seconds']
-        rows.append((name, synth.passes_per_batch, secs / len(args.seeds), sum(bn) / len(bn)))
-        print(f'{name}: passes {rows[-1][1]}, {rows[-1][2]:.1f} s/batch, BN loss {rows[-1][3]:.3f}', flush=True)
+        ds, stats = synthesize_mode(model, mode, args, osp.join(args.work_dir, 'cache'))
+        n = len(stats)
+        row = dict(idx=idx, name=mode[0], batches=n, chain=ds.chain_length,
+                   passes=sum(s['teacher_passes'] for s in stats) / n,
+                   secs=sum(s['seconds'] for s in stats) / n,
+                   bn=sum(s['bn_eval'] for s in stats) / n,
+                   bn_per_batch=[s['bn_eval'] for s in stats], acc=None)
+        if idx in args.accuracy:
+            row['pruned'], row['acc'] = finetune_accuracy(
+                mode, ds, args, osp.join(args.work_dir, f'finetune_mode{idx}'))
+        rows.append(row)
+        print(f"[{idx}] {mode[0]}: {row['passes']:.0f} passes/batch, {row['secs']:.1f} s/batch, BN loss "
+              f"{row['bn']:.3f} (per batch {', '.join(f'{v:.2f}' for v in row['bn_per_batch'])})"
+              + (f", top-1 {row['acc']:.2f}" if row['acc'] is not None else ''), flush=True)
 
-    ref = rows[0] if rows and args.modes in (None, [0]) or (args.modes and 0 in args.modes) else None
+    ref = next((r for r in rows if r['idx'] == 0), None)
     lines = [f'Teacher: `{args.config}` + `{args.checkpoint}`; batch {args.batch_size}, '
-             f'{args.image_size}x{args.image_size} px, seeds {args.seeds}, device {device}, '
-             f'{args.threads} CPU thread(s). BN loss: mean over seeds, final images, no jitter.', '',
-             '| mode | teacher passes / batch | wall s / batch | final BN loss | passes vs reference |',
-             '|---|---|---|---|---|']
-    for name, passes, secs, bn in rows:
-        frac = f'{passes / ref[1]:.3f}' if ref else '-'
-        lines.append(f'| {name} | {passes} | {secs:.1f} | {bn:.3f} | {frac} |')
+             f'{args.image_size}x{args.image_size} px, dataset seed {args.seed}, device {device}, '
+             f'{args.threads} CPU thread(s). BN loss: mean over the mode\'s batches, final images, '
+             'no jitter.', '',
+             '| mode | batches | teacher passes / batch | wall s / batch | final BN loss | '
+             'passes vs reference | top-1 after fine-tuning (%) |',
+             '|---|---|---|---|---|---|---|']
+    for r in rows:
+        frac = f"{r['passes'] / ref['passes']:.3f}" if ref else '-'
+        acc = f"{r['acc']:.2f}" if r['acc'] is not None else '-'
+        lines.append(f"| {r['name']} | {r['batches']} | {r['passes']:.0f} | {r['secs']:.1f} | "
+                     f"{r['bn']:.3f} | {frac} | {acc} |")
+    if any(r['acc'] is not None for r in rows):
+        pruned = next(r['pruned'] for r in rows if r['acc'] is not None)
+        lines += ['', f'Pruned student before fine-tuning: top-1 {pruned:.2f} %; fine-tuning: '
+                  f'{args.ft_epochs} epochs over the first {args.ft_images} images of each mode (SGD lr 0.01).']
     table = '\n'.join(lines)
     print(table)
     if args.out_md:
