@@ -66,8 +66,8 @@ def finetune_accuracy(mode, ds, args, work_dir):
     (cached) images, before and after.
 
     Runner._init_model_weights re-initialises the distiller's freshly loaded teacher and student
-    (mmengine's init_weights on modules never marked initialised); marking the distiller as
-    initialised keeps the checkpoint weights, so this measures the images, not that defect.
+    (mmengine's init_weights on modules never marked initialised); skipping that step keeps the
+    checkpoint weights, so this measures the images, not that defect.
     """
     from mmengine.runner import Runner
     from dfbf_mm.engine.dfbf_config import to_runner_config
@@ -88,7 +88,7 @@ def finetune_accuracy(mode, ds, args, work_dir):
     runner_cfg.train_dataloader.dataset.chain_length = ds.chain_length
     runner_cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
     runner = Runner.from_cfg(runner_cfg)
-    runner.model._is_init = True  # see the docstring
+    runner._init_model_weights = lambda: None  # see the docstring
     pruned = runner.val()['accuracy/top1']
     runner.train()
     return pruned, runner.val_loop.run()['accuracy/top1']
