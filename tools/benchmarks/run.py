@@ -368,7 +368,8 @@ def report(results, budget='full'):
 
 
 def plot(results, path, budget='full'):
-    """Metric vs backbone MACs per method, one panel per task."""
+    """Metric vs backbone MACs per method, one column per task; the lower row zooms on the
+    band just under the teacher, where the fine-tuned methods sit close together."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -376,34 +377,41 @@ def plot(results, path, budget='full'):
                                      for k, r in results.items())]
     if not tasks:
         return None
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 8), squeeze=False)
+    for col, task in enumerate(tasks):
         runs = [r for k, r in results.items() if k.startswith(f'{budget}|{task}|') and 'method' in r]
         teacher = results.get(f'{budget}|{task}|teacher')
-        if teacher:
-            ax.scatter([runs[0]['macs_teacher'] / 1e6], [teacher['metric']], marker='*', s=150,
-                       color='k', label='teacher', zorder=3)
         series = {}
         for r in runs:
             series.setdefault((r['method'], r['rule']), []).append(r)
-            series.setdefault(('pruned', r['rule']), {})
-        for (method, rule), rs in sorted(series.items()):
-            if method == 'pruned':
-                pts = sorted({(r['macs'], r['pruned']) for r in runs if r['rule'] == rule})
-            else:
-                pts = sorted((r['macs'], r['metric']) for r in rs)
-            ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts],
-                    marker='o' if rule == 'uniform' else 's',
-                    linestyle='-' if rule == 'uniform' else '--',
-                    color='0.6' if method == 'pruned' else None,
-                    label=f'{method} ({rule})' if method != 'pruned' else f'pruned, no FT ({rule})')
-        ax.set_xlabel('backbone MACs (M)')
-        ax.set_ylabel(TASKS[task]['label'])
-        ax.set_title(task)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+            series.setdefault(('pruned', r['rule']), [])
+        for row, ax in enumerate(axes[:, col]):
+            if teacher:
+                ax.scatter([runs[0]['macs_teacher'] / 1e6], [teacher['metric']], marker='*',
+                           s=150, color='k', label='teacher', zorder=3)
+            for (method, rule), rs in sorted(series.items()):
+                if method == 'pruned':
+                    pts = sorted({(r['macs'], r['pruned']) for r in runs if r['rule'] == rule})
+                else:
+                    pts = sorted((r['macs'], r['metric']) for r in rs)
+                ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts],
+                        marker='o' if rule == 'uniform' else 's',
+                        linestyle='-' if rule == 'uniform' else '--',
+                        color='0.6' if method == 'pruned' else None, alpha=0.8,
+                        label=(f'{method} ({rule})' if method != 'pruned'
+                               else f'pruned, no FT ({rule})'))
+            ax.set_xlabel('backbone MACs (M)')
+            ax.set_ylabel(TASKS[task]['label'])
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(task)
+                ax.legend(fontsize=7)
+            elif teacher:
+                t = teacher['metric']
+                ax.set_ylim(t - 0.06 * t, t + 0.01 * t)
+                ax.set_title(f'{task}: zoom on the top 6 % below the teacher')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
