@@ -211,8 +211,21 @@ def measure_teacher(task, args):
     cfg = load_task_config(task, args.data, osp.join(args.out, 'runs', task, 'teacher'))
     cfg.load_from = ckpt
     cfg.experiment_name = f'{task}_teacher_{time.time_ns()}'
-    metrics = Runner.from_cfg(cfg).test()
-    return dict(metric=float(metrics[spec['metric']]) * spec['scale'])
+    return dict(metric=metric_of(Runner.from_cfg(cfg).test(), task))
+
+
+def metric_of(metrics, task):
+    """The task's metric from an evaluator's dict, scaled to percent / points.
+
+    mmdet's CocoMetric returns an empty dict when the model detects nothing at all (every score
+    under the test threshold), as a badly pruned detector does: that is an mAP of 0.
+    """
+    spec = TASKS[task]
+    if not metrics:
+        return 0.0
+    if spec['metric'] not in metrics:
+        raise KeyError(f'{task}: the evaluator gave no {spec["metric"]!r}; got {sorted(metrics)}')
+    return float(metrics[spec['metric']]) * spec['scale']
 
 
 def _profile(rows, prefix):
@@ -227,7 +240,7 @@ def make_bench_hook():
         priority = 'LOWEST'
 
         def __init__(self):
-            self.train_s, self.metrics, self._t = 0.0, {}, None
+            self.train_s, self.metrics, self._t = 0.0, None, None
 
         def before_train_epoch(self, runner):
             self._t = time.perf_counter()
@@ -259,7 +272,7 @@ def measure_run(task, rule, sparsity, method, results, args):
     # pruned, no fine-tuning: the same for every method of (task, rule, sparsity)
     pkey = f'{budget}|{task}|{rule}|s{sparsity:g}|pruned'
     if pkey not in results:
-        results[pkey] = dict(metric=float(runner.val()[spec['metric']]) * spec['scale'])
+        results[pkey] = dict(metric=metric_of(runner.val(), task))
     synth_key = f'{budget}|{task}|synthesis'
     if METHODS[method]['train_data'] == 'synthetic':
         # synthesise once per task into the shared cache, timed apart from fine-tuning
@@ -274,9 +287,8 @@ def measure_run(task, rule, sparsity, method, results, args):
                                       synthesizer=cfg.dfbf['synthesizer'])
             save_results(results, osp.join(args.out, 'results.json'))  # kept if the run dies
     runner.train()
-    metric = hook.metrics.get(spec['metric'])
-    if metric is None:
-        metric = runner.val_loop.run()[spec['metric']]
+    metrics = hook.metrics if hook.metrics is not None else runner.val_loop.run()
+    metric = metric_of(metrics, task)  # the val at the end of training
     rows = runner.message_hub.get_info('dfbf_profile')
     macs, params = _profile(rows, 'MACs'), _profile(rows, 'params')
     lat = _profile(rows, f'latency ms (batch {LATENCY_BATCH}')
@@ -285,7 +297,7 @@ def measure_run(task, rule, sparsity, method, results, args):
         shutil.copyfile(grid, osp.join(args.out, f'synthetic_images_{task}.png'))
     dfbf = cfg.dfbf
     return dict(
-        metric=float(metric) * spec['scale'], pruned=results[pkey]['metric'],
+        metric=metric, pruned=results[pkey]['metric'],
         macs=macs['pruned'], macs_teacher=macs['teacher'],
         params=params['pruned'], params_teacher=params['teacher'],
         latency_ms=lat['pruned'], latency_teacher_ms=lat['teacher'],
