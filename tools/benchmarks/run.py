@@ -273,12 +273,15 @@ def measure_run(task, rule, sparsity, method, results, args):
     pkey = f'{budget}|{task}|{rule}|s{sparsity:g}|pruned'
     if pkey not in results:
         results[pkey] = dict(metric=metric_of(runner.val(), task))
-    synth_key = f'{budget}|{task}|synthesis'
+    synth_key = cache_id = None
     if METHODS[method]['train_data'] == 'synthetic':
         # synthesise once per task into the shared cache, timed apart from fine-tuning
         dataset = DATASETS.build(copy.deepcopy(runner.cfg.train_dataloader['dataset']))
         t = time.perf_counter()
         done = dataset.prepare(runner.model.teacher, runner.cfg.dfbf_task)
+        # one record per cache (teacher + synthesis settings): a changed preset shows up here
+        cache_id = osp.basename(dataset.cache.dir)
+        synth_key = f'{budget}|{task}|synthesis|{cache_id}'
         if done['generated']:
             d = cfg.dfbf['synthetic_data']
             results[synth_key] = dict(wall_s=time.perf_counter() - t,
@@ -302,8 +305,8 @@ def measure_run(task, rule, sparsity, method, results, args):
         params=params['pruned'], params_teacher=params['teacher'],
         latency_ms=lat['pruned'], latency_teacher_ms=lat['teacher'],
         finetune_s=hook.train_s, wall_s=time.perf_counter() - start,
-        synthesis_s=results.get(synth_key, {}).get('wall_s')
-        if dfbf['train_data'] == 'synthetic' else None,
+        synthesis_s=results.get(synth_key, {}).get('wall_s') if synth_key else None,
+        synthetic_cache=cache_id,
         num_images=dfbf['synthetic_data']['num_images'], epochs=dfbf['schedule']['epochs'],
         distill=dfbf.get('distill'), work_dir=work_dir,
         date=datetime.datetime.now().isoformat(timespec='seconds'))
@@ -321,10 +324,12 @@ def budget_line(task, budget, results):
     if not runs:
         return ''
     r = runs[0]
-    synth = results.get(f'{budget}|{task}|synthesis')
-    synth_txt = (f'synthesis of {synth["num_images"]} images ({synth["synthesizer"]}): '
-                 f'{synth["wall_s"]:.0f} s once, shared by all data-free runs'
-                 if synth else 'synthesis: not run or reused from an earlier cache')
+    synths = sorted((k.split('|')[-1], v) for k, v in results.items()
+                    if k.startswith(f'{budget}|{task}|synthesis'))
+    synth_txt = '; '.join(
+        f'synthesis (cache {cid}) of {v["num_images"]} images ({v["synthesizer"]}): '
+        f'{v["wall_s"]:.0f} s once, shared by the data-free runs using it'
+        for cid, v in synths) or 'synthesis: not run or reused from an earlier cache'
     return (f'Budget ({budget}): {r["num_images"]} training images × {r["epochs"]} epochs per '
             f'run, same loss for every method (distill {r.get("distill")}); {synth_txt}.')
 
