@@ -108,6 +108,13 @@ def test_student_is_really_smaller(skeleton_run):
     assert model.student.head.fc.weight.shape == model.teacher.head.fc.weight.shape
 
 
+def test_training_keeps_the_checkpoint_weights_of_the_teacher(skeleton_run):
+    # Runner.train() calls init_weights(); it must not re-initialise the loaded networks
+    saved = torch.load(skeleton_run['tmp'] / 'teacher.pth', weights_only=True)['state_dict']
+    teacher = skeleton_run['runner'].model.teacher.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in saved.items())
+
+
 def test_synthesis_reduced_the_bn_statistics_loss(skeleton_run):
     from dfbf_mm.synthesis import BNStatisticsLoss
     runner = skeleton_run['runner']

@@ -134,6 +134,13 @@ class DataFreeDistiller(BaseModel):
         return [n for n in self.channel_spec['modules']
                 if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
 
+    def init_weights(self) -> None:
+        """Nothing to initialise: both networks hold the teacher checkpoint's weights.
+
+        ``Runner.train()`` calls ``init_weights()`` on the model; the stock ``init_cfg`` of the
+        backbone/head would otherwise overwrite the trained weights with random ones.
+        """
+
     def train(self, mode: bool = True):
         """Teacher always in eval mode; the student's BN follows ``distill.bn``.
 
