@@ -69,10 +69,12 @@ else
         "$VENV_ABS/bin/python" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . ) \
       > "$build_log" 2>&1 &
     pid=$!
-    while kill -0 "$pid" 2>/dev/null; do  # a progress line a minute
+    src="$build/mmcv-2.1.0/mmcv/ops/csrc/pytorch"
+    total=$(ls "$src"/*.cpp "$src"/cpu/*.cpp | wc -l)
+    while kill -0 "$pid" 2>/dev/null; do  # a progress line a minute (ninja buffers its own)
       sleep 60
-      step=$(grep -oE '^\[[0-9]+/[0-9]+\]' "$build_log" | tail -n1 || true)
-      log "mmcv build: $(( ($(date +%s) - start) / 60 )) min, compile step ${step:-starting}"
+      done_objs=$(find "$build/mmcv-2.1.0/build" -name '*.o' 2>/dev/null | wc -l)
+      log "mmcv build: $(( ($(date +%s) - start) / 60 )) min, $done_objs of about $total sources compiled"
     done
     if ! wait "$pid"; then
       tail -n 30 "$build_log" >&2
