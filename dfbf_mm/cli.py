@@ -18,3 +18,22 @@ def run_cli(main) -> None:
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f'error: {message.splitlines()[0] if message else type(e).__name__}', file=sys.stderr)
         sys.exit(2)
+
+
+def load_config(args):
+    """The config of an OpenMMLab-style tool: file + ``--launcher`` + ``--cfg-options`` + work dir.
+
+    The work dir follows the OpenMMLab tools: ``--work-dir`` > the config's > work_dirs/<name>.
+    """
+    import os.path as osp
+
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = getattr(args, 'launcher', 'none')
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg

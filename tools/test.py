@@ -7,13 +7,12 @@ Prints the metrics of the config's ``test_evaluator``; the exported deploy confi
 is an ordinary mm config, so the stock ``tools/test.py`` of its package gives the same numbers.
 """
 import argparse
-import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import dfbf_mm  # noqa: F401  (registers PrunedBackbone etc.)
-from dfbf_mm.cli import run_cli
+from dfbf_mm.cli import load_config, run_cli
 
 
 def parse_args():
@@ -29,14 +28,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     cfg.pop('runner_type', None)  # testing needs the plain runner, also for dfbf configs
     runner = Runner.from_cfg(cfg)

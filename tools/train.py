@@ -7,14 +7,13 @@ Any stock mmdet/mmpose/mmpretrain config works too (it then trains as the stock 
 """
 import argparse
 import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import dfbf_mm  # noqa: F401  (registers the dfbf types)
-from dfbf_mm.cli import run_cli
+from dfbf_mm.cli import load_config, run_cli
 
 
 def parse_args():
@@ -35,14 +34,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.amp:
         cfg.optim_wrapper = dict(cfg.get('optim_wrapper') or {}, type='AmpOptimWrapper',
                                  loss_scale='dynamic')
