@@ -365,7 +365,7 @@ def report(results, budget='full'):
             lines.append('| ' + ' | '.join(row) + ' |')
         lines += ['', 'Cells: metric (fine-tuning wall time).', '']
         head = ['rule', 'sparsity', 'method', spec['label'], '% teacher', 'vs real',
-                'params', 'MACs', 'latency ms (teacher)', 'fine-tune s', 'synthesis s']
+                'params', 'MACs', 'latency ms (teacher)', 'fine-tune s', 'synthesis s (cache)']
         lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for k in sorted(runs, key=lambda k: (runs[k]['rule'], runs[k]['sparsity'],
                                              list(METHODS).index(runs[k]['method']))):
@@ -378,7 +378,9 @@ def report(results, budget='full'):
                 f'{r["params"] / 1e3:.1f} k ({100 * r["params"] / r["params_teacher"]:.0f} %)',
                 f'{r["macs"] / 1e6:.2f} M ({100 * r["macs"] / r["macs_teacher"]:.0f} %)',
                 f'{r["latency_ms"]:.2f} ({r["latency_teacher_ms"]:.2f})',
-                f'{r["finetune_s"]:.0f}', _f(r.get('synthesis_s'), '.0f')]) + ' |')
+                f'{r["finetune_s"]:.0f}',
+                _f(r.get('synthesis_s'), '.0f') + (f' ({r["synthetic_cache"][:4]})'
+                                                  if r.get('synthetic_cache') else '')]) + ' |')
         lines += ['', f'Synthetic images: `synthetic_images_{task}.png`.', '']
     lines += ['![metric vs backbone FLOPs](metric_vs_flops.png)', '']
     return '\n'.join(lines)
