@@ -86,6 +86,8 @@ BUDGETS = {
     },
 }
 LATENCY_BATCH = 8
+COLORS = {'pruned': '0.6', 'dfbf': 'tab:blue', 'noise': 'tab:orange', 'real': 'tab:green',
+          'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown'}
 
 
 def parse_args(argv=None):
@@ -416,7 +418,7 @@ def plot(results, path, budget='full'):
                 ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts],
                         marker='o' if rule == 'uniform' else 's',
                         linestyle='-' if rule == 'uniform' else '--',
-                        color='0.6' if method == 'pruned' else None, alpha=0.8,
+                        color=COLORS.get(method, '0.3'), alpha=0.8,
                         label=(f'{method} ({rule})' if method != 'pruned'
                                else f'pruned, no FT ({rule})'))
             ax.set_xlabel('backbone MACs (M)')
