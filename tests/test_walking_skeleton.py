@@ -153,3 +153,20 @@ def test_metric_of_pruned_model_from_stock_tool_matches(skeleton_run):
     assert out.returncode == 0, out.stderr[-2000:]
     stock = float(re.search(r'accuracy/top1: ([0-9.]+)', out.stdout + out.stderr).group(1))
     assert stock == pytest.approx(ours, abs=1e-3)  # the stock tool prints 4 decimals
+
+
+def test_resume_restores_the_pruned_structure_and_continues(skeleton_run, tmp_path):
+    first = skeleton_run['runner']
+    cfg = Config.fromfile(str(skeleton_run['tmp'] / 'dfbf.py'))
+    cfg.work_dir = str(tmp_path / 'resumed')
+    cfg.resume = True
+    cfg.load_from = osp.join(first.work_dir, 'epoch_2.pth')
+    cfg.dfbf.pruner.sparsity = 0.2  # the checkpoint's structure wins over a re-prune
+    cfg.dfbf.synthetic_data.cache_dir = osp.join(first.work_dir, 'synthetic_cache')
+    resumed = DataFreeDistillRunner.from_cfg(cfg)
+    assert resumed.model.channel_spec == first.model.channel_spec
+    resumed.train()
+    assert resumed.epoch == 3
+    resumed_state = resumed.model.student.state_dict()
+    assert all(v.shape == resumed_state[k].shape
+               for k, v in first.model.student.state_dict().items())
