@@ -12,12 +12,14 @@ side in one process, median over ``--steps`` after a warm-up:
   size (full model with neck, head and task loss, backward, SGD step).
 """
 import argparse
+import copy
 import statistics
 import tempfile
 import time
 
 import torch
 from mmengine.hub import get_config
+from mmengine.logging import MessageHub
 from mmengine.optim import build_optim_wrapper
 
 import dfbf_mm  # noqa: F401
@@ -41,18 +43,23 @@ def labelled_batch(scope, batch, size):
                 data_samples=[DataSample().set_gt_label(i % 1000) for i in range(batch)])
 
 
-def timed(fn, steps, warmup=2):
+def timed_pair(fn_a, fn_b, steps, warmup=2):
+    """Median seconds of ``fn_a`` and ``fn_b``, run alternately so both see the same load."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
     for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def measure(name, batch, size, steps):
+    # stock batch augments (YOLOX's random resize) read the iteration from the message hub
+    MessageHub.get_current_instance().update_info('iter', 0)
     cfg = get_config(MODELS_CFG[name])
     scope = config_scope(cfg)
     enter_scope(scope)
@@ -68,13 +75,13 @@ def measure(name, batch, size, steps):
     sgd = dict(optimizer=dict(type='SGD', lr=1e-4, momentum=0.9, weight_decay=5e-4))
     distill_optim = build_optim_wrapper(distiller, sgd)
     images = dict(inputs=[torch.randn(3, size, size) for _ in range(batch)])
-    t_distill = timed(lambda: distiller.train_step(images, distill_optim), steps)
-
-    student = distiller.student.train()
+    # the plain step trains a separate copy of the pruned student with its own stock loss
+    student = copy.deepcopy(distiller.student).train()
     student.requires_grad_(True)
     plain_optim = build_optim_wrapper(student, sgd)
     data = labelled_batch(scope, batch, size)
-    t_plain = timed(lambda: student.train_step(data, plain_optim), steps)
+    t_distill, t_plain = timed_pair(lambda: distiller.train_step(images, distill_optim),
+                                    lambda: student.train_step(data, plain_optim), steps)
     return dict(model=name, batch=batch, size=size, distill=t_distill, plain=t_plain,
                 ratio=t_distill / t_plain)
 
