@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..registry import DATASETS, SYNTHESIZERS
 from ..stock_model import pixel_range
 from .cache import BatchCache, cache_key, hash_state_dict
+from .deepinversion import check_batch_shape
 from .inversion_target import TASKS, inversion_target, num_classes_of
 
 
@@ -55,12 +56,7 @@ class SyntheticImageDataset(Dataset):
                  chain_length: int = 1):
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'num_images: must be a positive integer, got {num_images!r}')
-        if not isinstance(batch_size, int) or batch_size < 2:
-            raise ValueError(f'batch_size: DeepInversion needs at least 2 images per batch '
-                             f'(per-batch BN statistics are undefined for 1), got {batch_size!r}')
-        if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-                or not all(isinstance(v, int) and v > 0 for v in image_size)):
-            raise ValueError(f'image_size: must be (H, W) positive integers, got {image_size!r}')
+        check_batch_shape(batch_size, image_size)
         if not cache_dir:
             raise ValueError('cache_dir: a directory for the synthetic batches is required')
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):

@@ -76,6 +76,16 @@ def frozen_eval(*modules: Optional[nn.Module]):
             p.requires_grad_(flag)
 
 
+
+def check_batch_shape(batch_size, image_size) -> None:
+    """One-line errors for a batch DeepInversion cannot optimise."""
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f'batch_size: DeepInversion needs at least 2 images per batch '
+                         f'(per-batch BN statistics are undefined for 1), got {batch_size!r}')
+    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+            or not all(isinstance(v, int) and v > 0 for v in image_size)):
+        raise ValueError(f'image_size: must be (H, W) positive integers, got {image_size!r}')
+
 @SYNTHESIZERS.register_module()
 class DeepInversionSynthesizer:
     """Synthesise image batches from a trained network's BatchNorm statistics.
@@ -209,12 +219,7 @@ class DeepInversionSynthesizer:
                 and :meth:`warm_synthesizer` for the chains of SyntheticImageDataset).
         """
         s = self.settings
-        if not isinstance(batch_size, int) or batch_size < 2:
-            raise ValueError(f'batch_size: DeepInversion needs at least 2 images per batch '
-                             f'(per-batch BN statistics are undefined for 1), got {batch_size!r}')
-        if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-                or not all(isinstance(v, int) and v > 0 for v in image_size)):
-            raise ValueError(f'image_size: must be (H, W) positive integers, got {image_size!r}')
+        check_batch_shape(batch_size, image_size)
         lo, hi = pixel_range
         if lo.dim() != 3 or lo.shape[1:] != (1, 1) or lo.shape != hi.shape:
             raise ValueError(f'pixel_range: expected two (C, 1, 1) tensors, got shapes '
