@@ -1,0 +1,74 @@
+"""The mission configs become runner configs; LOP/SP inside the distiller behave as promised."""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import dfbf_mm  # noqa: F401
+from dfbf_mm.distillation.lop import ExpandedConv2d
+from dfbf_mm.engine import to_runner_config
+from dfbf_mm.registry import MODELS
+from dfbf_mm.stock_model import build_stock_model, stock_model_cfg
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MISSION_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'dfbf_*.py')))
+
+
+def test_all_six_mission_configs_exist():
+    names = {osp.basename(p) for p in MISSION_CONFIGS}
+    assert {'dfbf_yolox_coco.py', 'dfbf_faster_rcnn_r50_coco.py', 'dfbf_resnet50_imagenet.py',
+            'dfbf_resnet18_cifar10.py', 'dfbf_simplebaseline_r50_coco_keypoint.py',
+            'dfbf_hrnet_w32_coco_keypoint.py'} <= names
+
+
+@pytest.mark.parametrize('path', MISSION_CONFIGS, ids=osp.basename)
+def test_mission_config_becomes_a_runner_config(path):
+    cfg = Config.fromfile(path)
+    assert cfg.runner_type == 'DataFreeDistillRunner' and cfg.dfbf.teacher_checkpoint
+    runner_cfg = to_runner_config(cfg)
+    assert runner_cfg.model['type'] == 'DataFreeDistiller'
+    assert runner_cfg.model['model']['backbone'] == cfg.model.backbone.to_dict()
+    dataset = runner_cfg.train_dataloader['dataset']
+    assert dataset['type'] == 'SyntheticImageDataset'
+    assert dataset['num_images'] == cfg.dfbf.synthetic_data.num_images
+    assert runner_cfg.val_evaluator == cfg.val_evaluator  # the stock evaluator is kept
+    assert runner_cfg.optim_wrapper['optimizer']['type'] == 'SGD'
+    hooks = [h['type'] for h in runner_cfg.custom_hooks]
+    assert hooks == ['SyntheticDataHook', 'ChannelSpecHook', 'ExportHook']
+
+
+STOCK = """
+default_scope = 'mmpretrain'
+model = dict(type='ImageClassifier',
+             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(type='LinearClsHead', num_classes=3, in_channels=64))
+"""
+
+
+def test_lop_and_sp_in_the_distiller(tmp_path):
+    cfg = Config.fromstring(STOCK, '.py')
+    teacher = build_stock_model(cfg)
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 't.pth')
+    distiller = MODELS.build(dict(
+        type='DataFreeDistiller', model=stock_model_cfg(cfg), teacher_checkpoint=str(tmp_path / 't.pth'),
+        pruner=dict(type='L1FilterPruner', sparsity=0.5), input_size=(32, 32),
+        overparam=dict(ratio=2), sp_loss=dict(weight=10.0, taps='layers')))
+    expanded = [m for m in distiller.student.backbone.modules() if isinstance(m, ExpandedConv2d)]
+    assert expanded and len(expanded) == len(distiller.expanded)
+    distiller.train()
+    losses = distiller(torch.randn(4, 3, 32, 32), mode='loss')
+    assert set(losses) == {'loss_feat', 'loss_sp'} and losses['loss_sp'] > 0
+    # validation sees the merged (plain) architecture, computing the same function
+    distiller.eval()
+    x = torch.randn(2, 3, 32, 32)
+    plain = distiller.eval_student()
+    assert not any(isinstance(m, ExpandedConv2d) for m in plain.modules())
+    with torch.no_grad():
+        assert torch.allclose(plain(x, mode='tensor'), distiller.student(x, mode='tensor'), atol=1e-4)
+    # export merges in place: the state dict is the stock one with pruned shapes
+    distiller.before_export()
+    keys = set(distiller.student.state_dict())
+    assert keys == set(teacher.state_dict())
