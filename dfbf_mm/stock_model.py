@@ -3,15 +3,15 @@
 Everything in dfbf_mm starts from a stock mmdet / mmpose / mmpretrain config and a checkpoint;
 these helpers are the one place that turns them into a model and says clearly what is wrong.
 """
-import copy
 import os.path as osp
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 from mmengine.registry import DefaultScope, init_default_scope
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
+from .config_utils import plain
 from .registry import MODELS
 
 SUPPORTED_SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
@@ -42,11 +42,9 @@ def stock_model_cfg(cfg: Config) -> dict:
     """
     if 'model' not in cfg:
         raise ValueError('model: the config has no `model` field')
-    model = copy.deepcopy(cfg.model)
-    model = model.to_dict() if isinstance(model, ConfigDict) else dict(model)
+    model = dict(plain(cfg.model))
     if cfg.get('data_preprocessor') is not None:
-        pre = cfg.data_preprocessor
-        model.setdefault('data_preprocessor', pre.to_dict() if isinstance(pre, ConfigDict) else dict(pre))
+        model.setdefault('data_preprocessor', dict(plain(cfg.data_preprocessor)))
     return model
 
 

@@ -7,7 +7,6 @@ import os.path as osp
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch

@@ -25,6 +25,10 @@ from dfbf_mm.cli import run_cli
 from dfbf_mm.engine import DataFreeDistillRunner
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
+import make_digits  # noqa: E402
+from train_teacher import set_data_root  # noqa: E402
+
 CONFIG = osp.join(REPO, 'configs', 'benchmarks', 'dfbf_digits_cls.py')
 TEACHER_CONFIG = osp.join(REPO, 'configs', 'benchmarks', 'digits_cls_teacher.py')
 METRIC = 'accuracy/top1'
@@ -41,17 +45,8 @@ def parse_args():
 def ensure_data(root: str) -> None:
     if osp.isfile(osp.join(root, 'cls', 'test.txt')):
         return
-    sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
-    import make_digits
     print(f'[demo] generating the digits data into {root}')
     make_digits.build(root, seed=0, tasks=('cls', ))
-
-
-def with_data_root(cfg: Config, root: str) -> Config:
-    for split in ('val_dataloader', 'test_dataloader', 'train_dataloader'):
-        if cfg.get(split) is not None:
-            cfg[split].dataset.data_root = root
-    return cfg
 
 
 def profile_value(rows, prefix):
@@ -64,12 +59,12 @@ def main():
     ensure_data(args.data)
     os.makedirs(args.work_dir, exist_ok=True)
 
-    teacher_cfg = with_data_root(Config.fromfile(TEACHER_CONFIG), args.data)
+    teacher_cfg = set_data_root(Config.fromfile(TEACHER_CONFIG), args.data)
     teacher_cfg.work_dir = osp.join(args.work_dir, 'teacher_eval')
     teacher_cfg.load_from = osp.join(REPO, 'checkpoints', 'digits_cls_teacher.pth')
     teacher = Runner.from_cfg(teacher_cfg).test()[METRIC]
 
-    cfg = with_data_root(Config.fromfile(CONFIG), args.data)
+    cfg = set_data_root(Config.fromfile(CONFIG), args.data)
     cfg.work_dir = args.work_dir
     cfg.dfbf.teacher_checkpoint = osp.join(REPO, cfg.dfbf.teacher_checkpoint)
     if args.sparsity is not None:

@@ -14,6 +14,7 @@ from mmengine.model import BaseModel
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..config_utils import check_keys
 from ..registry import MODELS, PRUNERS
 from ..stock_model import get_backbone, load_weights
 from .feature_loss import FeatureMimicLoss
@@ -42,14 +43,6 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[
         return dict(zip(recorder.names, recorder.pop())), _as_list(outs)
     finally:
         recorder.remove()
-
-
-def _check_keys(block: Optional[dict], allowed, field: str) -> dict:
-    block = dict(block or {})
-    unknown = sorted(set(block) - set(allowed))
-    if unknown:
-        raise ValueError(f'{field}: unknown key {unknown[0]!r}; allowed: {", ".join(allowed)}')
-    return block
 
 
 @MODELS.register_module()
@@ -83,9 +76,9 @@ class DataFreeDistiller(BaseModel):
                  channel_spec: Optional[dict] = None, overparam: Optional[dict] = None,
                  sp_loss: Optional[dict] = None, raw_inputs: bool = False, init_cfg=None):
         super().__init__(data_preprocessor=dict(type='BaseDataPreprocessor'), init_cfg=init_cfg)
-        distill = _check_keys(distill, DISTILL_KEYS, 'dfbf.distill')
-        overparam = _check_keys(overparam, OVERPARAM_KEYS, 'dfbf.overparam')
-        sp_loss = _check_keys(sp_loss, SP_KEYS, 'dfbf.sp_loss')
+        distill = check_keys(distill, DISTILL_KEYS, 'dfbf.distill')
+        overparam = check_keys(overparam, OVERPARAM_KEYS, 'dfbf.overparam')
+        sp_loss = check_keys(sp_loss, SP_KEYS, 'dfbf.sp_loss')
         self.bn_policy = distill.get('bn', 'update')
         if self.bn_policy not in BN_POLICIES:
             raise ValueError(f'dfbf.distill.bn: {self.bn_policy!r} is not one of {BN_POLICIES}')

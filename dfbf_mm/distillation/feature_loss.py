@@ -9,7 +9,6 @@ or directly as a pair.
 """
 from typing import Sequence, Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -13,9 +13,10 @@ of the stock config is kept.
 import copy
 import os.path as osp
 
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
 
+from ..config_utils import check_keys, plain
 from ..registry import PRUNERS, SYNTHESIZERS
 from ..stock_model import TASK_OF_SCOPE, config_scope, stock_model_cfg
 
@@ -39,16 +40,6 @@ DEFAULT_SYNTHETIC_DATA = dict(num_images=1600, batch_size=16, image_size=(256, 2
                               cache_dir=None, num_classes=None, chain_length=1)
 
 
-def _plain(value):
-    return value.to_dict() if isinstance(value, ConfigDict) else copy.deepcopy(value)
-
-
-def _check_keys(block: dict, allowed, field: str):
-    unknown = sorted(set(block) - set(allowed))
-    if unknown:
-        raise ValueError(f'{field}: unknown key {unknown[0]!r}; allowed: {", ".join(allowed)}')
-
-
 def _check_type(cfg, registry, field: str):
     name = cfg.get('type') if isinstance(cfg, dict) else None
     if registry.get(name) is None:
@@ -61,15 +52,15 @@ def read_dfbf_block(cfg: Config) -> dict:
     if 'dfbf' not in cfg:
         raise ValueError('dfbf: the config has no `dfbf` block (teacher_checkpoint, pruner, '
                          'synthesizer, ...); see configs/ for examples')
-    block = _plain(cfg.dfbf)
-    _check_keys(block, DFBF_KEYS, 'dfbf')
+    block = plain(cfg.dfbf)
+    check_keys(block, DFBF_KEYS, 'dfbf')
     for key in ('teacher_checkpoint', 'pruner', 'synthesizer'):
         if not block.get(key):
             raise ValueError(f'dfbf.{key}: required')
     _check_type(block['pruner'], PRUNERS, 'dfbf.pruner')
     _check_type(block['synthesizer'], SYNTHESIZERS, 'dfbf.synthesizer')
     data = dict(DEFAULT_SYNTHETIC_DATA, **block.get('synthetic_data', {}))
-    _check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
+    check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
     if isinstance(data['image_size'], int):
         data['image_size'] = (data['image_size'], data['image_size'])
     data['image_size'] = tuple(int(v) for v in data['image_size'])
@@ -79,7 +70,7 @@ def read_dfbf_block(cfg: Config) -> dict:
         raise ValueError(f"dfbf.train_data: {block['train_data']!r} is not one of "
                          f"{', '.join(TRAIN_DATA)}")
     schedule = dict(DEFAULT_SCHEDULE, **block.get('schedule', {}))
-    _check_keys(schedule, SCHEDULE_KEYS, 'dfbf.schedule')
+    check_keys(schedule, SCHEDULE_KEYS, 'dfbf.schedule')
     block['schedule'] = schedule
     return block
 
@@ -128,7 +119,7 @@ def to_runner_config(cfg: Config) -> Config:
     cfg = copy.deepcopy(cfg)
     dfbf = read_dfbf_block(cfg)
     # what export needs to write a stock (deploy) config again after training
-    cfg.dfbf_stock = {k: _plain(cfg[k]) for k in STOCK_TRAINING_KEYS if k in cfg}
+    cfg.dfbf_stock = {k: plain(cfg[k]) for k in STOCK_TRAINING_KEYS if k in cfg}
     cfg.dfbf_stock['model'] = stock_model_cfg(cfg)
     scope = config_scope(cfg)
     task = TASK_OF_SCOPE[scope]
@@ -154,7 +145,7 @@ def to_runner_config(cfg: Config) -> Config:
     epochs = schedule['epochs']
     cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs,
                          val_interval=schedule['val_interval'] or epochs)
-    wrapper = _plain(cfg.get('optim_wrapper') or {})
+    wrapper = plain(cfg.get('optim_wrapper') or {})
     amp = wrapper.get('type') == 'AmpOptimWrapper'  # set by the stock tools' --amp
     cfg.optim_wrapper = dict(
         type='AmpOptimWrapper' if amp else 'OptimWrapper',
@@ -166,7 +157,7 @@ def to_runner_config(cfg: Config) -> Config:
                                 milestones=list(schedule['lr_steps']), gamma=schedule['gamma'])]
     cfg.auto_scale_lr = None
 
-    default_hooks = _plain(cfg.get('default_hooks') or {})
+    default_hooks = plain(cfg.get('default_hooks') or {})
     checkpoint = dict(default_hooks.get('checkpoint') or dict(type='CheckpointHook'))
     checkpoint.update(interval=schedule['checkpoint_interval'], by_epoch=True)
     checkpoint.pop('save_best', None)
@@ -176,7 +167,7 @@ def to_runner_config(cfg: Config) -> Config:
     dfbf_hooks = [dict(type='ChannelSpecHook'), dict(type='ExportHook', **dfbf.get('export', {}))]
     if dfbf['train_data'] == 'synthetic':
         dfbf_hooks.insert(0, dict(type='SyntheticDataHook', task=task))
-    stock_hooks = _plain(cfg.get('custom_hooks') or []) if dfbf.get('keep_custom_hooks') else []
+    stock_hooks = plain(cfg.get('custom_hooks') or []) if dfbf.get('keep_custom_hooks') else []
     cfg.custom_hooks = stock_hooks + dfbf_hooks
     cfg.dfbf_task = task
     return cfg
@@ -185,7 +176,7 @@ def to_runner_config(cfg: Config) -> Config:
 def stock_config(runner_cfg: Config) -> Config:
     """The user's stock config again (without the dfbf block), from a runner config."""
     cfg = copy.deepcopy(runner_cfg)
-    stock = _plain(cfg.pop('dfbf_stock'))
+    stock = plain(cfg.pop('dfbf_stock'))
     for key in ('dfbf', 'dfbf_task', 'runner_type', 'data_preprocessor', 'train_dataloader',
                 'train_cfg', 'optim_wrapper', 'param_scheduler', 'auto_scale_lr',
                 'custom_hooks', 'load_from', 'resume'):

@@ -12,15 +12,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 
+from ..config_utils import plain
 from ..pruning.channel_spec import FORMAT, save_channel_spec
 
 _DIR = '{{ fileDirname }}'
-
-
-def _plain(obj):
-    return obj.to_dict() if isinstance(obj, ConfigDict) else copy.deepcopy(obj)
 
 
 def deploy_config(stock_cfg: Config, name: str = 'pruned') -> Config:
@@ -28,7 +25,7 @@ def deploy_config(stock_cfg: Config, name: str = 'pruned') -> Config:
     if 'model' not in stock_cfg or not isinstance(stock_cfg.model.get('backbone'), dict):
         raise ValueError('stock_cfg: the config has no model.backbone to replace')
     cfg = copy.deepcopy(stock_cfg)
-    backbone = _plain(cfg.model.backbone)
+    backbone = plain(cfg.model.backbone)
     if backbone.get('type') == 'PrunedBackbone':
         raise ValueError('stock_cfg: model.backbone is already a PrunedBackbone; pass the stock config')
     # Pretrained-weight initialisation would download/overwrite weights the checkpoint provides.

@@ -10,7 +10,7 @@ convs) are skipped with a reason instead of being handed to Torch-Pruning.
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import PRUNERS
-from .channel_groups import ChannelGroup, check_outputs, flatten_outputs, run_backbone, trace_channel_groups
+from .channel_groups import ChannelGroup, check_outputs, run_backbone, trace_channel_groups
 from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_shapes
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)

@@ -42,11 +42,20 @@ def save_pngs(pixels: torch.Tensor, out_dir: str, rgb: bool, start: int = 0) -> 
     return paths
 
 
-def save_grid(pixels: torch.Tensor, path: str, rgb: bool, max_images: int = 64) -> str:
-    """One contact sheet of the first ``max_images`` uint8 images (8 per row)."""
+def grid_image(pixels: torch.Tensor, max_images: int = 64) -> torch.Tensor:
+    """One uint8 (C, H, W) contact sheet of the first ``max_images`` images (8 per row)."""
     shown = pixels[:max_images]
-    grid = make_grid(shown, nrow=min(8, len(shown)), padding=2, pad_value=255)
+    return make_grid(shown, nrow=min(8, len(shown)), padding=2, pad_value=255)
+
+
+def write_image(image_chw: torch.Tensor, path: str, rgb: bool) -> str:
+    """Write one uint8 (C, H, W) image in the model's channel order as ``path``."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, _to_bgr_hwc(grid, rgb)):
+    if not cv2.imwrite(path, _to_bgr_hwc(image_chw, rgb)):
         raise OSError(f'out: could not write {path}')
     return path
+
+
+def save_grid(pixels: torch.Tensor, path: str, rgb: bool, max_images: int = 64) -> str:
+    """Write the contact sheet of the first ``max_images`` uint8 images to ``path``."""
+    return write_image(grid_image(pixels, max_images), path, rgb)

@@ -261,7 +261,6 @@ def measure_run(task, rule, sparsity, method, results, args):
     from mmengine.registry import DATASETS
     from dfbf_mm.engine import DataFreeDistillRunner
     budget = 'quick' if args.quick else 'full'
-    spec = TASKS[task]
     work_dir = osp.join(args.out, 'runs', budget, task, f'{rule}_s{sparsity:g}_{method}')
     cfg = task_config(task, args, rule, sparsity, method, work_dir)
     start = time.perf_counter()

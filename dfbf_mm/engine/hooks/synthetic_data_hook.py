@@ -11,7 +11,6 @@ import torch
 from mmengine.dist import barrier, get_dist_info, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from torchvision.utils import make_grid
 
 from ...registry import HOOKS
 
@@ -42,13 +41,12 @@ class SyntheticDataHook(Hook):
 
     def _show(self, runner, dataset, teacher) -> None:
         from ...stock_model import normalization
-        from ...synthesis import save_grid, to_uint8
+        from ...synthesis import grid_image, to_uint8, write_image
         mean, std, rgb = normalization(teacher)
         count = min(len(dataset), self.grid_images)
         pixels = to_uint8(torch.stack([dataset[i]['inputs'] for i in range(count)]), mean, std)
-        path = save_grid(pixels, osp.join(runner.work_dir, 'synthetic_images.png'), rgb,
-                         max_images=self.grid_images)
-        grid = make_grid(pixels, nrow=min(8, count), padding=2, pad_value=255)
+        grid = grid_image(pixels, self.grid_images)
+        path = write_image(grid, osp.join(runner.work_dir, 'synthetic_images.png'), rgb)
         grid = grid if rgb else grid.flip(0)  # the visualizer takes RGB
         runner.visualizer.add_image('synthetic_images', grid.permute(1, 2, 0).numpy())
         runner.logger.info(f'synthetic images: {len(dataset)} ready; grid: {path}')
