@@ -156,6 +156,36 @@ def test_backbone_target_for_detection():
             target, 2, (16, 16), (lo, hi), seed=1, progress=False)
 
 
+def test_whole_model_target_for_detection():
+    """invert='model' inverts every BN layer of the model (backbone, neck and head), not just
+    the backbone's; the choice is validated in one line."""
+    from dfbf_mm.synthesis import BNStatisticsLoss, ModelTensors
+
+    class TinyDetector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU())
+            self.neck = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+
+        def forward(self, x, mode='tensor'):
+            assert mode == 'tensor'
+            return (self.neck(self.backbone(x)),)
+
+    detector = TinyDetector()
+    target = inversion_target(detector, 'detection', 'model')
+    assert isinstance(target, ModelTensors) and target.model is detector
+    assert len(BNStatisticsLoss(target).layers) == 2
+    assert len(BNStatisticsLoss(inversion_target(detector, 'pose')).layers) == 1
+    lo, hi = -torch.ones(3, 1, 1), torch.ones(3, 1, 1)
+    synth = DeepInversionSynthesizer('detection', iterations=3, half_res_iterations=0, jitter=1)
+    images, stats = synth.synthesize(target, 2, (16, 16), (lo, hi), seed=1, progress=False)
+    assert images.shape == (2, 3, 16, 16) and stats['bn'] > 0
+    with pytest.raises(ValueError, match=r"^invert: 'neck' is not one of auto, backbone, model$"):
+        inversion_target(detector, 'detection', 'neck')
+    with pytest.raises(ValueError, match=r"^invert: 'backbone' is for detection/pose"):
+        inversion_target(detector, 'classification', 'backbone')
+
+
 def test_bn_like_layers_found():
     from mmcv.cnn import build_norm_layer
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), build_norm_layer(dict(type='BN'), 4)[1],

@@ -142,6 +142,29 @@ def test_warm_start_chains_shard_and_resume(tmp_path, teacher):
         make(tmp_path, chain_length=0)
 
 
+def test_invert_choice_is_part_of_the_cache_key(tmp_path, teacher):
+    """A detector inverted whole ('model') caches apart from one inverted by its backbone."""
+
+    class AsDetector(torch.nn.Module):  # tensor mode of a classifier stands in for a detector
+        def __init__(self, model):
+            super().__init__()
+            self.backbone, self.model = model.backbone, model
+            self.data_preprocessor = model.data_preprocessor
+
+        def forward(self, x, mode='tensor'):
+            return self.model(x, mode=mode)
+
+    det = AsDetector(teacher)
+    auto = make(tmp_path, num_images=2)
+    auto.prepare(det, 'detection', progress=False)
+    whole = make(tmp_path, num_images=2, invert='model')
+    whole.prepare(det, 'detection', progress=False)
+    assert whole.cache.dir != auto.cache.dir
+    assert not torch.equal(whole[0]['inputs'], auto[0]['inputs'])
+    with pytest.raises(ValueError, match="^invert: 'head' is not one of auto, backbone, model$"):
+        make(tmp_path, invert='head')
+
+
 def test_bad_arguments(tmp_path, teacher):
     with pytest.raises(ValueError, match='^batch_size: '):
         make(tmp_path, batch_size=1)

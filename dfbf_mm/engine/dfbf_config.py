@@ -26,7 +26,7 @@ DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'd
 # same loss and budget, Gaussian noise and the real train split (num_images of it)
 TRAIN_DATA = ('synthetic', 'noise', 'real')
 SYNTHETIC_DATA_KEYS = ('num_images', 'batch_size', 'image_size', 'seed', 'cache_dir', 'num_classes',
-                       'chain_length')
+                       'chain_length', 'invert')
 SCHEDULE_KEYS = ('epochs', 'lr', 'lr_steps', 'gamma', 'momentum', 'weight_decay', 'val_interval',
                  'checkpoint_interval')
 
@@ -37,7 +37,7 @@ STOCK_TRAINING_KEYS = ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_
 DEFAULT_SCHEDULE = dict(epochs=5, lr=0.01, lr_steps=(3,), gamma=0.1, momentum=0.9,
                         weight_decay=5e-4, val_interval=None, checkpoint_interval=1)
 DEFAULT_SYNTHETIC_DATA = dict(num_images=1600, batch_size=16, image_size=(256, 256), seed=0,
-                              cache_dir=None, num_classes=None, chain_length=1)
+                              cache_dir=None, num_classes=None, chain_length=1, invert='auto')
 
 
 def _check_type(cfg, registry, field: str):
@@ -104,7 +104,7 @@ def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
             type='SyntheticImageDataset', num_images=data['num_images'],
             batch_size=data['batch_size'], image_size=data['image_size'],
             synthesizer=dfbf['synthesizer'], seed=data['seed'], num_classes=data['num_classes'],
-            chain_length=data['chain_length'],
+            chain_length=data['chain_length'], invert=data['invert'],
             cache_dir=data['cache_dir'] or osp.join(work_dir, 'synthetic_cache'))
     return dict(
         batch_size=data['batch_size'],

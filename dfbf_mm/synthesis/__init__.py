@@ -8,11 +8,12 @@ from .dataset import SyntheticImageDataset, batch_seed
 from .deepinversion import DeepInversionSynthesizer
 from .image_io import from_uint8, grid_image, save_grid, save_pngs, to_uint8, write_image
 from .noise_dataset import NoiseImageDataset
-from .inversion_target import TASKS, ClassifierLogits, inversion_target
+from .inversion_target import INVERT, TASKS, ClassifierLogits, ModelTensors, inversion_target
 from .presets import PRESETS, get_preset
 from .priors import l2_prior, total_variation
 
 __all__ = ['NoiseImageDataset', 'BNStatisticsLoss', 'bn_layers', 'SyntheticImageDataset',
            'batch_seed', 'DeepInversionSynthesizer', 'from_uint8', 'grid_image', 'write_image',
-           'save_grid', 'save_pngs', 'to_uint8', 'TASKS', 'ClassifierLogits', 'inversion_target',
+           'save_grid', 'save_pngs', 'to_uint8', 'TASKS', 'INVERT', 'ClassifierLogits', 'ModelTensors',
+           'inversion_target',
            'PRESETS', 'get_preset', 'l2_prior', 'total_variation']

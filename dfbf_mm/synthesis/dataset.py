@@ -25,7 +25,7 @@ from ..registry import DATASETS, SYNTHESIZERS
 from ..stock_model import pixel_range
 from .cache import BatchCache, cache_key, hash_state_dict
 from .deepinversion import check_batch_shape
-from .inversion_target import TASKS, inversion_target, num_classes_of
+from .inversion_target import INVERT, TASKS, inversion_target, num_classes_of
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -49,11 +49,14 @@ class SyntheticImageDataset(Dataset):
         seed: base seed; batch b uses :func:`batch_seed` (seed, b).
         num_classes: classes for the balanced CE labels (default: the teacher head's).
         chain_length: batches per warm-start chain (1: every batch starts from noise).
+        invert: what is inverted for detection/pose: ``'auto'``/``'backbone'`` (the backbone's
+            BN statistics) or ``'model'`` (the whole model's: neck and head too); see
+            :func:`inversion_target`.
     """
 
     def __init__(self, num_images: int, batch_size: int, image_size: Tuple[int, int],
                  synthesizer: dict, cache_dir: str, seed: int = 0, num_classes: Optional[int] = None,
-                 chain_length: int = 1):
+                 chain_length: int = 1, invert: str = 'auto'):
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'num_images: must be a positive integer, got {num_images!r}')
         check_batch_shape(batch_size, image_size)
@@ -63,6 +66,9 @@ class SyntheticImageDataset(Dataset):
             raise ValueError(f'num_classes: must be a positive integer, got {num_classes!r}')
         if not isinstance(chain_length, int) or chain_length < 1:
             raise ValueError(f'chain_length: must be a positive integer, got {chain_length!r}')
+        if invert not in INVERT:
+            raise ValueError(f'invert: {invert!r} is not one of {", ".join(INVERT)}')
+        self.invert = invert
         self.num_images = num_images
         self.chain_length = chain_length
         self.batch_size = batch_size
@@ -98,14 +104,16 @@ class SyntheticImageDataset(Dataset):
                 and 0 <= rank < world_size):
             raise ValueError(f'rank: must satisfy 0 <= rank < world_size, got rank={rank!r}, '
                              f'world_size={world_size!r}')
-        target = inversion_target(teacher_model, task)
+        target = inversion_target(teacher_model, task, self.invert)
         lo, hi = pixel_range(teacher_model)
         num_classes = self.num_classes or (num_classes_of(teacher_model) if task == 'classification' else None)
         config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
         key = cache_key(hash_state_dict(teacher_model.state_dict()), synthesizer=config, seed=self.seed,
                         image_size=self.image_size, batch_size=self.batch_size, task=task,
                         chain_length=self.chain_length,
-                        num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()])
+                        num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()],
+                        # absent unless set, so caches made before the option still hit
+                        **({} if self.invert == 'auto' else dict(invert=self.invert)))
         self.cache = BatchCache(self.cache_dir, key)
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}

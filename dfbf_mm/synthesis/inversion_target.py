@@ -1,8 +1,10 @@
-"""What DeepInversion inverts: the whole classifier, or only the backbone for detection/pose.
+"""What DeepInversion inverts: the whole model, or only its backbone.
 
-A classifier's logits give a class signal (the CE term); a detector's or pose model's head
-needs boxes/keypoints that data-free synthesis does not have, so only the backbone (where
-the BN statistics live and where the pruning happens) is inverted there.
+A classifier is always inverted whole: its logits give a class signal (the CE term). A
+detector's or pose model's head needs boxes/keypoints that data-free synthesis does not have,
+so by default (``invert='auto'``) only its backbone (where the pruning happens) is inverted;
+``invert='model'`` runs the whole model in tensor mode instead, so the BN statistics of the
+neck and head constrain the images too (more layers remembering the training data).
 """
 from typing import Optional, Sequence, Tuple
 
@@ -13,6 +15,7 @@ from ..stock_model import get_backbone
 from .bn_statistics import bn_layers, model_name
 
 TASKS = ('classification', 'detection', 'pose')
+INVERT = ('auto', 'backbone', 'model')
 
 
 class ClassifierLogits(nn.Module):
@@ -33,12 +36,34 @@ class ClassifierLogits(nn.Module):
         return out
 
 
-def inversion_target(model: nn.Module, task: str) -> nn.Module:
-    """The module to invert for ``task``: logits of the whole model, or its backbone."""
+class ModelTensors(nn.Module):
+    """A stock detector / pose model seen as ``x -> model(x, mode='tensor')`` (raw head outputs).
+
+    Only its BN layers matter for inversion; the outputs are returned for shape probing.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x, mode='tensor')
+
+
+def inversion_target(model: nn.Module, task: str, invert: str = 'auto') -> nn.Module:
+    """The module to invert for ``task``: logits of a classifier; a detector's / pose model's
+    backbone (``invert='auto'`` or ``'backbone'``) or whole tensor-mode forward (``'model'``)."""
     if task not in TASKS:
         raise ValueError(f'task: {task!r} is not one of {", ".join(TASKS)}')
+    if invert not in INVERT:
+        raise ValueError(f'invert: {invert!r} is not one of {", ".join(INVERT)}')
     if task == 'classification':
+        if invert == 'backbone':
+            raise ValueError("invert: 'backbone' is for detection/pose; a classifier is "
+                             "inverted whole (its logits carry the class signal)")
         return ClassifierLogits(model)
+    if invert == 'model':
+        return ModelTensors(model)
     return get_backbone(model, field='teacher_model')
 
 
