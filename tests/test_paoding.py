@@ -43,6 +43,12 @@ def build(**kw):
     return PRUNERS.build(cfg)
 
 
+def records(pruner, *args, **kw):
+    """Prune; the per-step records (prune() itself returns the channel spec)."""
+    pruner.prune(*args, **kw)
+    return pruner.records
+
+
 @pytest.mark.parametrize('make,shape,rng', [
     (lambda: mlp(nn.ReLU), (16, ), (0.0, 1.0)),
     (lambda: mlp(nn.Sigmoid), (16, ), (-5.0, 5.0)),
@@ -104,7 +110,7 @@ def test_merge_of_duplicate_units_is_exact(act):
 def test_masks_equal_physical_removal_and_shapes():
     model = mlp(nn.ReLU)
     x = torch.rand(32, 16)
-    recs = build(target=0.5, step=0.25).prune(model, evaluate=lambda m: m(x).detach().clone())
+    recs = records(build(target=0.5, step=0.25), model, evaluate=lambda m: m(x).detach().clone())
     assert [type(m) for m in model] == [nn.Linear, nn.ReLU] * 3 + [nn.Linear]
     assert (model[0].out_features, model[2].out_features, model[4].out_features) == (12, 10, 6)
     assert (model[2].in_features, model[4].in_features, model[6].in_features) == (12, 10, 6)
@@ -116,8 +122,8 @@ def test_masks_equal_physical_removal_and_shapes():
 
 def test_same_seed_same_units():
     a, b = mlp(nn.Sigmoid), mlp(nn.Sigmoid)
-    ra = build(step=0.1, recursive=True).prune(a)
-    rb = build(step=0.1, recursive=True).prune(b)
+    ra = records(build(step=0.1, recursive=True), a)
+    rb = records(build(step=0.1, recursive=True), b)
     assert [r['merged'] for r in ra] == [r['merged'] for r in rb]
     assert ra[-1]['kept'] == rb[-1]['kept']
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
@@ -125,14 +131,14 @@ def test_same_seed_same_units():
 
 def test_baseline_caps_at_half_and_recursive_goes_beyond():
     model = mlp(nn.ReLU)
-    recs = build(target=0.8, mode='baseline').prune(model)
+    recs = records(build(target=0.8, mode='baseline'), model)
     assert len(recs) == 2 and recs[-1]['ratio'] == pytest.approx(0.5)
     model = mlp(nn.ReLU)
-    recs = build(target=0.75, step=0.25, recursive=True).prune(model)
+    recs = records(build(target=0.75, step=0.25, recursive=True), model)
     assert recs[-1]['ratio'] == pytest.approx((18 + 15 + 9) / 56)
     assert model[0].out_features == 6
     model = mlp(nn.ReLU)
-    recs = build(target=0.75, step=0.25, mode='impact').prune(model)  # non-recursive: stops at 50 %
+    recs = records(build(target=0.75, step=0.25, mode='impact'), model)  # non-recursive: stops at 50 %
     assert recs[-1]['ratio'] <= 0.5
 
 
@@ -176,7 +182,7 @@ def test_mmpretrain_stacked_head_and_tanh_error():
                       mid_channels=[32, 24])).eval()
     x = torch.rand(8, 1, 32, 32)
     ref = model(x, mode='tensor')
-    recs = build(target=0.5, step=0.25).prune(model, example_input=x, evaluate=lambda m: m(x, mode='tensor'))
+    recs = records(build(target=0.5, step=0.25), model, example_input=x, evaluate=lambda m: m(x, mode='tensor'))
     assert model.head.layers[0].fc.out_features == 16 and model.head.layers[1].fc.out_features == 12
     assert model.head.layers[2].fc.in_features == 12
     assert torch.allclose(model(x, mode='tensor'), recs[-1]['metrics'], atol=1e-6)
@@ -225,8 +231,8 @@ def test_conv_block_extension_fold_merge_intervals_and_removal():
     assert (h.amin((0, 2, 3)) >= lo.float() - 1e-5).all() and (h.amax((0, 2, 3)) <= hi.float() + 1e-5).all()
 
     model = small_cnn()
-    recs = build(conv_blocks=True, target=0.5, step=0.25).prune(
-        model, example_input=x[:1], evaluate=lambda m: m(x).detach().clone())
+    recs = records(build(conv_blocks=True, target=0.5, step=0.25), model, example_input=x[:1],
+                   evaluate=lambda m: m(x).detach().clone())
     assert set(recs[-1]['widths']) == {'0', '8'}
     assert model[0].out_channels == 4 and model[3].in_channels == 4 and model[0].weight.shape[0] == 4
     assert model[8].out_features == 8 and model[10].in_features == 8
@@ -234,7 +240,7 @@ def test_conv_block_extension_fold_merge_intervals_and_removal():
 
 
 def test_literal_temperature_and_kept_saliency_options_run():
-    recs = build(step=0.25, temperature='literal', saliency_outgoing='kept').prune(mlp(nn.Sigmoid))
+    recs = records(build(step=0.25, temperature='literal', saliency_outgoing='kept'), mlp(nn.Sigmoid))
     assert recs[-1]['ratio'] == pytest.approx(28 / 56)
     pruner = build()
     assert pruner._temperature(0, 0, 10, 0, 20) == pytest.approx(1.01)  # linear: starts near 1

@@ -114,6 +114,15 @@ def apply_channel_spec(backbone: nn.Module, spec: dict) -> nn.Module:
     return backbone
 
 
+def sub_spec(spec: dict, prefix: str, kind: str) -> dict:
+    """The spec of the submodule ``prefix`` (e.g. 'backbone', of class ``kind``) out of the spec
+    of a whole model (module names ``'<prefix>.<name>'``)."""
+    spec = _check_spec(spec)
+    head = prefix.rstrip('.') + '.'
+    modules = {n[len(head):]: e for n, e in spec['modules'].items() if n.startswith(head)}
+    return {'format': FORMAT, 'backbone': kind, 'modules': modules}
+
+
 def save_channel_spec(spec: dict, path: str) -> str:
     """Write ``spec`` as JSON to ``path``; returns the path."""
     _check_spec(spec)

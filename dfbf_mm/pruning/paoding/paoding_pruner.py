@@ -12,6 +12,8 @@ re-implemented from the description in docs/specs (no data is used for any decis
    steps repeat until every pruned layer lost ``target`` of its original width.
 
 Units are masked (dead, exactly equivalent) during the loop and physically removed at the end.
+``prune`` returns the channel spec of the pruned module (like every pruner in ``PRUNERS``); the
+per-step records are in ``pruner.records``.
 """
 import fnmatch
 import math
@@ -24,10 +26,12 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from dfbf_mm.registry import PRUNERS
+from ..channel_spec import extract_channel_spec, snapshot_shapes
 from .chain import DenseChain, find_dense_chains, trace_leaves
-from .conv_blocks import ConvBlock, find_conv_blocks, fold_batchnorm
+from .conv_blocks import ConvBlock, find_conv_blocks, folded_affine
 from .impact import DEFAULT_ALPHA, Downstream, impact_score, merge_delta, propagate_delta
-from .intervals import Box, act_box, interval_conv, interval_linear, interval_module, is_supported
+from .intervals import (Box, act_box, interval_batchnorm, interval_conv, interval_linear, interval_module,
+                        is_supported)
 from .merge import merge_units, remove_units
 from .saliency import disjoint_pairs, saliency_matrix
 
@@ -65,7 +69,12 @@ class PaodingPruner:
         interval_start: 'auto' (from the model input when every op before the dense chain is
             sequential and supported, else from the first Linear), 'input' or 'dense'.
         conv_blocks: also prune the inner channels of ``conv -> [BN] -> ReLU/Sigmoid -> conv``
-            blocks (our extension, see :mod:`.conv_blocks`; BN is folded into the conv first).
+            blocks (our extension, see :mod:`.conv_blocks`; decisions use the BN folded into the
+            conv, the model keeps its BN).
+
+    Interface of ``PRUNERS``: ``spec = pruner.prune(module, example_input)`` prunes ``module``
+    in place (a backbone, or a whole model such as an ``ImageClassifier`` to reach its head)
+    and returns its channel spec; ``pruner.records`` holds the per-step records.
     """
 
     def __init__(self, target: float = 0.5, step: float = 0.05, mode: str = 'stochastic',
@@ -74,11 +83,12 @@ class PaodingPruner:
                  saliency_outgoing: str = 'removed', layers: Optional[Sequence[str]] = None,
                  theta: float = 0.9, pool_multiplier: int = 2, interval_start: str = 'auto',
                  max_walks: int = 10, conv_blocks: bool = False):
-        if not isinstance(target, (int, float)) or not 0 < target < 1:
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
             raise ValueError(f'target: {target!r} must be a ratio strictly between 0 and 1')
         if mode not in MODES:
             raise ValueError(f'mode: {mode!r} is not one of {", ".join(MODES)}')
-        if mode != 'baseline' and (not isinstance(step, (int, float)) or step <= 0):
+        if mode != 'baseline' and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                   or step <= 0):
             raise ValueError(f'step: {step!r} must be a positive ratio')
         if mode != 'baseline' and step > target:
             raise ValueError(f'step: {step} is larger than the target {target}')
@@ -106,6 +116,7 @@ class PaodingPruner:
         self.pool_multiplier, self.interval_start, self.max_walks = int(pool_multiplier), interval_start, int(max_walks)
         self.conv_blocks = bool(conv_blocks)
         self._warned = set()
+        self.records: List[dict] = []  # what the last prune() did, one record per step
 
     # ------------------------------------------------------------------ set-up
     def _example_input(self, model: nn.Module, example_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -134,8 +145,9 @@ class PaodingPruner:
                           f'input_range is taken as the range of its input', logger='current')
             return None
         try:
-            lo = (self.input_lo.to(x.device) + torch.zeros_like(x, dtype=torch.float64)).expand_as(x)
-            hi = (self.input_hi.to(x.device) + torch.zeros_like(x, dtype=torch.float64)).expand_as(x)
+            lo, hi = (_per_channel(t, x.dim()).to(x.device) + torch.zeros_like(x, dtype=torch.float64)
+                      for t in (self.input_lo, self.input_hi))
+            lo, hi = lo.expand_as(x), hi.expand_as(x)
         except RuntimeError:
             raise ValueError(f'input_range: shape {tuple(self.input_lo.shape)} does not broadcast to '
                              f'the input shape {tuple(x.shape[1:])}') from None
@@ -147,9 +159,7 @@ class PaodingPruner:
 
     def _range_box(self, shape: tuple, per: int, name: str, device) -> Box:
         """``input_range`` broadcast to ``shape``; a 1-d range applies per feature/channel (dim 1)."""
-        lo, hi = self.input_lo, self.input_hi
-        if lo.dim() == 1 and len(shape) > 2:
-            lo, hi = lo.view(-1, *([1] * (len(shape) - 2))), hi.view(-1, *([1] * (len(shape) - 2)))
+        lo, hi = _per_channel(self.input_lo, len(shape)), _per_channel(self.input_hi, len(shape))
         try:
             return (lo.expand(shape[1:]).reshape(shape).clone().to(device),
                     hi.expand(shape[1:]).reshape(shape).clone().to(device))
@@ -175,6 +185,8 @@ class PaodingPruner:
             shape = (1, ) + tuple(steps[block.first_step].in_shape[1:])
             box = self._range_box(shape, block.conv1.in_channels, block.name, block.conv1.weight.device)
         z = interval_conv(box[0], box[1], block.conv1)
+        if block.bn is not None:
+            z = interval_batchnorm(z[0], z[1], block.bn)
         h = act_box(z[0], z[1], block.act)
         return h[0].amin(dim=(0, 2, 3)), h[1].amax(dim=(0, 2, 3))
 
@@ -247,19 +259,25 @@ class PaodingPruner:
 
     # ------------------------------------------------------------------ main
     def prune(self, model: nn.Module, example_input: Optional[torch.Tensor] = None,
-              evaluate: Optional[Callable[[nn.Module], dict]] = None) -> List[dict]:
-        """Prune ``model`` in place; returns one record per step (step 0 = before pruning).
+              evaluate: Optional[Callable[[nn.Module], dict]] = None) -> dict:
+        """Prune ``model`` in place; returns its channel spec (JSON-able, see ``channel_spec``).
 
-        Each record: ``step``, ``ratio`` (share of the pruned layers' original units removed),
-        ``widths`` (live units per hidden layer), ``merged`` ({layer: [[removed, kept, score]]},
-        original indices) and ``metrics`` (``evaluate(model)`` if given). The last record also
-        holds ``kept`` ({layer: kept original indices}) after physical removal.
+        ``example_input``: one input batch in the model's (normalised) input space, used to
+        trace the model; required unless the first layer is a Linear. ``evaluate(model)`` is
+        called before pruning and after every step. ``self.records`` gets one record per step
+        (step 0 = before pruning). Each record: ``step``, ``ratio`` (share of the pruned layers'
+        original units removed), ``widths`` (live units per hidden layer), ``merged`` ({layer:
+        [[removed, kept, score]]}, original indices) and ``metrics`` (``evaluate(model)`` if
+        given). The last record also holds ``kept`` ({layer: kept original indices}) after
+        physical removal.
         """
+        if not isinstance(model, nn.Module) or not any(True for _ in model.parameters()):
+            raise ValueError(f'model: expected an nn.Module with parameters, got {type(model).__name__}')
+        if example_input is not None and not isinstance(example_input, torch.Tensor):
+            raise ValueError(f'example_input: expected a torch.Tensor, got {type(example_input).__name__}')
         x = self._example_input(model, example_input)
         self._warned = set()
-        if self.conv_blocks:  # fold BN into conv1 first, then look again at the folded model
-            for block in find_conv_blocks(trace_leaves(model, x), self.layers):
-                fold_batchnorm(model, block)
+        before = snapshot_shapes(model)
         steps = trace_leaves(model, x)
         blocks = find_conv_blocks(steps, self.layers) if self.conv_blocks else []
         chains = find_dense_chains(steps, self.layers, required=not blocks)
@@ -281,7 +299,7 @@ class PaodingPruner:
                     layers.append(dict(name=c.names[li], layer=c.linears[li], next=c.linears[li + 1],
                                        act=c.acts[li], boxes=boxes))
         for b in blocks:
-            layers.append(dict(name=b.name, layer=b.conv1, next=b.conv2, act=b.act,
+            layers.append(dict(name=b.name, layer=b.conv1, norm=b.bn, next=b.conv2, act=b.act,
                                boxes=lambda b=b: (self._conv_channel_box(steps, b, x), Downstream([], [], []))))
         for st in layers:
             n = st['layer'].weight.shape[0]
@@ -327,20 +345,23 @@ class PaodingPruner:
             keep = torch.nonzero(st['alive']).flatten().tolist()
             kept[st['name']] = keep
             if len(keep) < st['n']:
-                remove_units(st['layer'], st['next'], keep)
+                remove_units(st['layer'], st['next'], keep, norm=st.get('norm'))
         records[-1]['kept'] = kept
-        return records
+        self.records = records
+        spec = extract_channel_spec(model, before)
+        spec['backbone'] = type(model).__name__
+        return spec
 
     def _prune_layer(self, st: dict, quota: int, rng) -> List[tuple]:
         """Select and merge up to ``quota`` pairs in one unit group; updates ``st``."""
         lin, nxt = st['layer'], st['next']
         eligible = st['alive'] & ~st['frozen']
-        n = lin.weight.shape[0]
-        bias = lin.bias if lin.bias is not None else torch.zeros(n, device=lin.weight.device)
+        # a unit's incoming map: its filter and bias, with a conv block's BN folded in
+        w_in, bias = folded_affine(lin, st.get('norm'))
         # units on dim 0 of the layer's weight, dim 1 of the next one's (Linear or conv)
         w_out = nxt.weight.detach().double()
-        s = saliency_matrix(lin.weight.detach().flatten(1), bias.detach(),
-                            w_out.transpose(0, 1).flatten(1).T, self.saliency_outgoing)
+        s = saliency_matrix(w_in.flatten(1), bias, w_out.transpose(0, 1).flatten(1).T,
+                            self.saliency_outgoing)
         pairs = disjoint_pairs(s, eligible.to(s.device))
         if not pairs:
             return []
@@ -364,6 +385,11 @@ class PaodingPruner:
                 st['frozen'][kk] = True
         st['touched'] = int((~st['alive']).sum() + st['frozen'].sum())
         return acc
+
+
+def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A 1-d range applies per channel (dim 1) of an input with spatial dims (``ndim`` > 2)."""
+    return t.view(-1, *([1] * (ndim - 2))) if t.dim() == 1 and ndim > 2 else t
 
 
 def _double(module: nn.Module) -> nn.Module:
