@@ -19,6 +19,7 @@ from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
 from ..config_utils import check_keys, plain
 from ..registry import PRUNERS, SYNTHESIZERS
 from ..stock_model import TASK_OF_SCOPE, config_scope, stock_model_cfg
+from ..synthesis.inversion_target import INVERT
 
 DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'distill',
              'schedule', 'overparam', 'sp_loss', 'export', 'keep_custom_hooks', 'train_data')
@@ -64,6 +65,9 @@ def read_dfbf_block(cfg: Config) -> dict:
     if isinstance(data['image_size'], int):
         data['image_size'] = (data['image_size'], data['image_size'])
     data['image_size'] = tuple(int(v) for v in data['image_size'])
+    if data['invert'] not in INVERT:
+        raise ValueError(f"dfbf.synthetic_data.invert: {data['invert']!r} is not one of "
+                         f"{', '.join(INVERT)}")
     block['synthetic_data'] = data
     block.setdefault('train_data', 'synthetic')
     if block['train_data'] not in TRAIN_DATA:
