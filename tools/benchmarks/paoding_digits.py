@@ -12,9 +12,8 @@ and evaluates test accuracy and FGSM robustness (eps as a fraction of the [0, 1]
 after every step / at every ratio. Only the test split is used, and only for reporting.
 Writes docs/paoding_digits.md (table) and docs/paoding_digits.png (plot) and prints the table.
 
-Not covered yet (other components of the project): the offline-benchmark CNN classifier, and
-Paoding followed by DFBF fine-tuning -- add them as further entries of ``MODELS_TO_RUN`` /
-``METHODS`` below.
+The offline-benchmark CNN classifier (conv-block extension, Paoding followed by DFBF
+fine-tuning) is ``tools/benchmarks/paoding_cnn.py``.
 
     python tools/benchmarks/paoding_digits.py [--step 0.025] [--out-dir docs]
 """
@@ -101,8 +100,8 @@ def l1_one_shot(model: nn.Sequential, ratio: float) -> float:
 def run_progressive(model, mode, step, evaluate):
     pruner = PRUNERS.build(dict(type='PaodingPruner', target=max(RATIOS), step=step, mode=mode,
                                 recursive=True, seed=SEED, input_range=(0.0, 1.0)))
-    recs = pruner.prune(copy.deepcopy(model), evaluate=evaluate)
-    return [(r['ratio'], r['metrics']) for r in recs]
+    pruner.prune(copy.deepcopy(model), evaluate=evaluate)
+    return [(r['ratio'], r['metrics']) for r in pruner.records]
 
 
 def run_one_shot(model, method, evaluate):
@@ -114,9 +113,9 @@ def run_one_shot(model, method, evaluate):
         if method == 'l1':
             achieved = l1_one_shot(m, ratio)
         else:
-            recs = PRUNERS.build(dict(type='PaodingPruner', target=ratio, mode='baseline',
-                                      seed=SEED)).prune(m)
-            achieved = recs[-1]['ratio']
+            pruner = PRUNERS.build(dict(type='PaodingPruner', target=ratio, mode='baseline', seed=SEED))
+            pruner.prune(m)
+            achieved = pruner.records[-1]['ratio']
         rows.append((achieved, evaluate(m)))
     return rows
 
