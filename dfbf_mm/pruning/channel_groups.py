@@ -6,7 +6,9 @@ graph. A dependency group that touches a sentinel couples its channels to a widt
 the backbone (an ``out_indices`` map, a residual stream, a shortcut conv) and is never pruned,
 so the stock neck/head keep fitting. Groups that would need constructs we cannot prune safely
 (reshapes into heads, bare ``nn.Parameter`` tensors, attention modules, incompatible grouped
-convs) are skipped with a reason instead of being handed to Torch-Pruning.
+convs, channel shuffles and other transposes) are skipped with a reason instead of being
+handed to Torch-Pruning. The group search itself is :mod:`.group_search` (Torch-Pruning's,
+stopped at those constructs and bounded by a time limit).
 """
 import math
 from dataclasses import dataclass, field
@@ -17,8 +19,11 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
+from .group_search import Deadline, all_groups, is_permuting_op, tolerant_reshape_mapping
+
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
-# into heads, sliced, expanded): groups through them are skipped, not pruned.
+# into heads, sliced, expanded): groups through them are skipped, not pruned. They and the
+# permuting ops (transpose/permute) are barriers of the group search: a group stops there.
 _UNSAFE_OPS = (tp_ops._ReshapeOp, tp_ops._UnbindOp, tp_ops._ExpandOp, tp_ops._SliceOp,
                tp_ops._CustomizedOp)
 _ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -95,6 +100,8 @@ class TraceResult:
     prunable: List[ChannelGroup]
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (root name, reason)
     output_shapes: List[Tuple[int, ...]] = field(default_factory=list)
+    barriers: set = field(default_factory=set)  # graph nodes the group search does not pass
+    deadline: Optional[Deadline] = None         # time limit shared by tracing and pruning
 
 
 def run_backbone(backbone: nn.Module, example_inputs: torch.Tensor, field_name: str = 'example_inputs'):
@@ -153,9 +160,46 @@ def _is_residual_add(m, graph) -> bool:
     return node is not None and len(node.inputs) >= 2
 
 
+def _in_channel_shuffle(node) -> bool:
+    """True for the ops of a channel shuffle: view -> transpose/permute [-> contiguous] -> view."""
+    def reshape_near(nodes, out: bool, hops: int = 2) -> bool:
+        for n in nodes:
+            if isinstance(n.module, tp_ops._ReshapeOp):
+                return True
+            if hops > 1 and isinstance(n.module, tp_ops._ElementWiseOp) and not is_permuting_op(n.module) \
+                    and reshape_near(n.outputs if out else n.inputs, out, hops - 1):
+                return True
+        return False
+
+    def permute_near(nodes, out: bool, hops: int = 2):
+        for n in nodes:
+            if is_permuting_op(n.module):
+                return n
+            if hops > 1 and isinstance(n.module, tp_ops._ElementWiseOp):
+                hit = permute_near(n.outputs if out else n.inputs, out, hops - 1)
+                if hit is not None:
+                    return hit
+        return None
+
+    if isinstance(node.module, tp_ops._ReshapeOp):
+        p = permute_near(node.outputs, True) or permute_near(node.inputs, False)
+        return p is not None and _in_channel_shuffle(p)
+    return is_permuting_op(node.module) and reshape_near(node.inputs, False) and reshape_near(node.outputs, True)
+
+
+def _barrier_reason(node) -> str:
+    """Skip reason of a group that reaches ``node``, a barrier of the group search."""
+    if _in_channel_shuffle(node):
+        return 'passes a channel shuffle (view, transpose, view)'
+    m = node.module
+    if is_permuting_op(m):
+        return f'passes a {str(m._grad_fn).split("Backward")[0] or "permute"} op'
+    return f'passes a {type(m).__name__.strip("_").replace("Op", "")} op'
+
+
 def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                          ignore_names: Sequence[str] = (), outputs=None,
-                         keep_residual: bool = True) -> TraceResult:
+                         keep_residual: bool = True, time_limit: Optional[float] = None) -> TraceResult:
     """Trace ``backbone`` and classify its dependency groups into prunable and skipped.
 
     ``ignore_names`` are backbone module names whose shapes must not change: any group that
@@ -163,7 +207,10 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     when the caller already has it (saves a forward). ``keep_residual``: also keep every group
     whose channels are summed with another feature map (residual streams, as DFBF does: ResNet
     keeps its block outputs and shortcut convs, only the channels inside blocks are pruned).
+    ``time_limit``: seconds the tracing and group search may take (None: no limit); past it a
+    one-line :class:`~.group_search.TraceTimeLimitError` (a ValueError) is raised.
     """
+    deadline = Deadline(time_limit, type(backbone).__name__)
     if outputs is None:
         outputs = run_backbone(backbone, example_inputs)
     out_shapes = check_outputs(outputs)
@@ -174,7 +221,7 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
         p.requires_grad_(True)
     was_training = backbone.training
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), tolerant_reshape_mapping():
             graph = tp.DependencyGraph().build_dependency(
                 wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False)
     except Exception as e:
@@ -185,12 +232,17 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
             p.requires_grad_(flags.get(n, True))
         backbone.train(was_training)
 
+    deadline.check(lambda: 'while tracing the graph')
+
     names = {m: n[len('backbone.'):] for n, m in wrapper.named_modules() if n.startswith('backbone.')}
     sentinels = set(wrapper.sentinels) | {wrapper.input_sentinel}
     param_names = {p: n[len('backbone.'):] for n, p in wrapper.named_parameters()}
     ignored = set(ignore_names)
-    result = TraceResult(graph, wrapper, [], [], out_shapes)
-    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES):
+    barriers = {node for m, node in graph.module2node.items()
+                if isinstance(m, _UNSAFE_OPS) or is_permuting_op(m)}
+    result = TraceResult(graph, wrapper, [], [], out_shapes, barriers, deadline)
+    for group in all_groups(graph, ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES,
+                            barriers=barriers, deadline=deadline, names=names):
         root = group[0].dep.target.module
         root_name = names.get(root, '?')
         touched, out_touched, reason = [], [], None
@@ -204,8 +256,8 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 break
             if isinstance(m, nn.Parameter):
                 reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
-            elif isinstance(m, _UNSAFE_OPS):
-                reason = f'passes a {type(m).__name__.strip("_").replace("Op", "")} op'
+            elif isinstance(m, _UNSAFE_OPS) or is_permuting_op(m):
+                reason = _barrier_reason(dep.target)
             elif keep_residual and _is_residual_add(m, graph):
                 reason = reason or 'is a residual stream (summed with another feature map)'
             elif isinstance(m, nn.MultiheadAttention):

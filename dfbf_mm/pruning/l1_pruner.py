@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..registry import PRUNERS
 from .channel_groups import ChannelGroup, check_outputs, run_backbone, trace_channel_groups
 from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_shapes
+from .group_search import TraceTimeLimitError, pruning_group
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)
 
@@ -45,11 +46,15 @@ class L1FilterPruner:
         keep_residual: keep channels that are summed with another feature map (residual
             streams) at full width, as DFBF does; False prunes them too when they do not
             reach a backbone output.
+        trace_time_limit: seconds the dependency tracing, group search and channel removal of
+            one prune() may take (None: unbounded); past it prune() raises a one-line
+            ValueError naming the backbone and the limit instead of hanging.
     """
 
     def __init__(self, sparsity: float = 0.5, norm: int = 1, layer_dependent: bool = False,
                  overrides: Optional[Dict[str, float]] = None, ignore: Optional[Sequence[str]] = None,
-                 min_channels: int = 1, round_to: Optional[int] = None, keep_residual: bool = True):
+                 min_channels: int = 1, round_to: Optional[int] = None, keep_residual: bool = True,
+                 trace_time_limit: Optional[float] = 60.0):
         self.sparsity = check_sparsity(sparsity, 'sparsity')
         if norm not in (1, 2):
             raise ValueError(f'norm: {norm!r} is not 1 or 2')
@@ -69,6 +74,10 @@ class L1FilterPruner:
             raise ValueError(f'round_to: {round_to!r} is not an integer >= 1')
         self.round_to = round_to
         self.keep_residual = bool(keep_residual)
+        if trace_time_limit is not None and (isinstance(trace_time_limit, bool) or not isinstance(
+                trace_time_limit, (int, float)) or not trace_time_limit > 0):
+            raise ValueError(f'trace_time_limit: {trace_time_limit!r} is not a number of seconds > 0 (or None)')
+        self.trace_time_limit = None if trace_time_limit is None else float(trace_time_limit)
         self.report: dict = {}  # what the last prune() did (groups, skipped, seconds)
 
     # -- planning -------------------------------------------------------------------------
@@ -127,7 +136,8 @@ class L1FilterPruner:
                 if not hit:
                     raise ValueError(f"ignore: pattern '{p}' matches no module of {type(work).__name__}")
                 ignore_names += hit
-        trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual)
+        trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual,
+                                     self.trace_time_limit)
         self._check_patterns(work, trace)
         kind = type(work).__name__
         if not trace.prunable and self.sparsity > 0:
@@ -140,11 +150,14 @@ class L1FilterPruner:
                 continue
             try:
                 handler = group.group[0].dep.handler
-                trace.graph.get_pruning_group(group.root, handler, idxs).prune()
+                pruning_group(trace.graph, group.root, handler, idxs, trace.barriers, trace.deadline,
+                              lambda: f'removing channels of the group rooted at {group.root_name}').prune()
                 if check_each:
                     shapes = check_outputs(run_backbone(work, example_inputs))
                     if shapes != ref_shapes:
                         raise RuntimeError(f'output shapes became {shapes}')
+            except TraceTimeLimitError:
+                raise
             except Exception as e:
                 types = sorted({type(dep.target.module).__name__ for dep, _ in group.group
                                 if isinstance(dep.target.module, nn.Module)})

@@ -1,0 +1,129 @@
+"""The bounded group search: channel shuffles (ShuffleNet) prune or are refused fast, a run-away
+search ends in one line at ``trace_time_limit``, and the search equals Torch-Pruning's."""
+import copy
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from mmengine.registry import init_default_scope
+
+from dfbf_mm.pruning import L1FilterPruner, flatten_outputs
+from dfbf_mm.pruning.channel_groups import SentinelWrapper
+from dfbf_mm.pruning.group_search import (Deadline, TraceTimeLimitError, all_groups,
+                                          tolerant_reshape_mapping)
+from dfbf_mm.registry import MODELS
+
+
+def build(scope, cfg):
+    init_default_scope(scope)
+    __import__(scope + '.models')
+    torch.manual_seed(0)
+    m = MODELS.build(copy.deepcopy(cfg))
+    m.eval()
+    return m
+
+
+def outs(backbone, x):
+    with torch.no_grad():
+        backbone.eval()
+        return flatten_outputs(backbone(x))
+
+
+def traced(backbone, x):
+    wrapper = SentinelWrapper(backbone, outs(backbone, x), x.shape[1])
+    with torch.enable_grad(), tolerant_reshape_mapping():
+        return tp.DependencyGraph().build_dependency(
+            wrapper, example_inputs=[x.clone().requires_grad_(True)], verbose=False), wrapper
+
+
+SHUFFLENET_V2 = {
+    'mmpretrain': dict(type='ShuffleNetV2', widen_factor=0.5, out_indices=(0, 1, 2, 3)),
+    'mmpose': dict(type='ShuffleNetV2', widen_factor=0.5, out_indices=(0, 1, 2, 3)),
+}
+
+
+@pytest.mark.parametrize('scope', list(SHUFFLENET_V2))
+def test_shufflenet_v2_prunes_fast_and_round_trips(scope):
+    cfg = SHUFFLENET_V2[scope]
+    backbone = build(scope, cfg)
+    x = torch.randn(2, 3, 64, 64)
+    ref = outs(backbone, x)
+    n0 = sum(p.numel() for p in backbone.parameters())
+    pruner = L1FilterPruner(sparsity=0.5, trace_time_limit=30)
+    start = time.perf_counter()
+    spec = pruner.prune(backbone, x)
+    assert time.perf_counter() - start < 30  # was > 150 s (Torch-Pruning's search ran away)
+    assert sum(p.numel() for p in backbone.parameters()) < 0.9 * n0
+    got = outs(backbone, x)
+    assert [o.shape for o in got] == [o.shape for o in ref]
+    # the shuffled stream is kept: every block still outputs its stock width
+    modules = dict(backbone.named_modules())
+    fresh_modules = dict(build(scope, cfg).named_modules())
+    for name, m in modules.items():
+        if name.endswith('branch2.2.conv') or name.endswith('branch1.1.conv'):
+            assert m.out_channels == fresh_modules[name].out_channels, name
+    assert any(name.endswith('branch2.0.conv') for name in spec['modules'])
+    assert any('channel shuffle' in r for _, r in pruner.report['skipped'])
+    # PrunedBackbone rebuilds it from the spec; the pruned state dict loads strictly
+    rebuilt = MODELS.build(dict(type='PrunedBackbone', backbone=copy.deepcopy(cfg), channel_spec=spec))
+    rebuilt.load_state_dict(backbone.state_dict(), strict=True)
+    for a, b in zip(outs(rebuilt, x), got):
+        assert torch.equal(a, b)
+
+
+def test_shufflenet_v1_is_refused_in_one_line_naming_the_shuffle():
+    backbone = build('mmpretrain', dict(type='ShuffleNetV1', widen_factor=0.5))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r'^backbone: ShuffleNetV1 has no prunable channel group; '
+                                         r'.*passes a channel shuffle') as e:
+        L1FilterPruner(sparsity=0.5, trace_time_limit=30).prune(backbone, torch.randn(1, 3, 64, 64))
+    assert '\n' not in str(e.value) and time.perf_counter() - start < 30
+
+
+def test_run_away_search_stops_at_the_time_limit():
+    # Without barriers, Torch-Pruning's walk around ShuffleNetV2's chunk/concat/shuffle loops
+    # does not finish in minutes; the deadline must end it.
+    backbone = build('mmpretrain', dict(type='ShuffleNetV2', widen_factor=0.5))
+    graph, wrapper = traced(backbone, torch.randn(1, 3, 64, 64))
+    names = {m: n for n, m in wrapper.named_modules()}
+    start = time.perf_counter()
+    with pytest.raises(TraceTimeLimitError, match=r'^backbone: ShuffleNetV2: the Torch-Pruning dependency '
+                                                  r'search exceeded trace_time_limit=0.5 s \(in the group rooted at '):
+        list(all_groups(graph, ignored_layers=list(wrapper.sentinels), root_module_types=(nn.Conv2d,),
+                        deadline=Deadline(0.5, 'ShuffleNetV2'), names=names))
+    assert time.perf_counter() - start < 10
+
+
+def test_time_limit_is_a_one_line_error_and_backbone_untouched():
+    backbone = build('mmpretrain', dict(type='ResNet_CIFAR', depth=18))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ValueError, match=r'^backbone: ResNet_CIFAR: the Torch-Pruning dependency search '
+                                         r'exceeded trace_time_limit=1e-06 s') as e:
+        L1FilterPruner(sparsity=0.5, trace_time_limit=1e-6).prune(backbone, torch.randn(1, 3, 32, 32))
+    assert '\n' not in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    # unbounded works, and so does the default
+    assert L1FilterPruner(sparsity=0.5, trace_time_limit=None).trace_time_limit is None
+    assert L1FilterPruner().trace_time_limit == 60
+
+
+@pytest.mark.parametrize('bad', [0, -1, 'x', True])
+def test_bad_trace_time_limit(bad):
+    with pytest.raises(ValueError, match=r'^trace_time_limit: '):
+        L1FilterPruner(trace_time_limit=bad)
+
+
+@pytest.mark.parametrize('scope,cfg', [
+    ('mmdet', dict(type='ResNet', depth=18)),
+    ('mmdet', dict(type='CSPDarknet', deepen_factor=0.33, widen_factor=0.25)),
+])
+def test_search_without_barriers_equals_torch_pruning(scope, cfg):
+    graph, wrapper = traced(build(scope, cfg), torch.randn(1, 3, 64, 64))
+    types = (nn.Conv2d, nn.Linear)
+    ours = list(all_groups(graph, ignored_layers=list(wrapper.sentinels), root_module_types=types))
+    theirs = list(graph.get_all_groups(ignored_layers=list(wrapper.sentinels), root_module_types=types))
+    assert len(ours) == len(theirs) > 10
+    for a, b in zip(ours, theirs):
+        assert [(it.dep, it.idxs, it.root_idxs) for it in a] == [(it.dep, it.idxs, it.root_idxs) for it in b]
