@@ -154,10 +154,32 @@ def _group_divisor(group, graph) -> Optional[int]:
 
 def _is_residual_add(m, graph) -> bool:
     """True for a traced tensor addition of two (or more) feature maps."""
-    if not isinstance(m, tp_ops._ElementWiseOp) or 'add' not in str(m._grad_fn).lower():
-        return False
+    if not isinstance(m, tp_ops._ElementWiseOp) or not str(m._grad_fn).lower().startswith('addbackward'):
+        return False  # (not AddmmBackward: the matrix product inside a Linear)
     node = graph.module2node.get(m)
     return node is not None and len(node.inputs) >= 2
+
+
+def _is_linear_flatten(node) -> bool:
+    """True for the view ``F.linear`` puts in front of ``addmm`` for an N-D input.
+
+    ``(..., C) -> (M, C)`` merges the leading (token) dims and keeps the feature dim, so a
+    feature index maps to itself. Torch-Pruning traces it as a reshape; groups through it are
+    still only pruned when every layer they touch is a Linear (a transformer FFN's hidden units).
+    """
+    if not isinstance(node.module, tp_ops._ReshapeOp) or len(node.outputs) != 1:
+        return False
+    sizes = getattr(node.grad_fn, '_saved_self_sym_sizes', None)
+    mm = node.outputs[0]
+    if sizes is None or len(sizes) < 3 or not isinstance(mm.module, tp_ops._ElementWiseOp) or \
+            not str(mm.module._grad_fn).lower().startswith('addmmbackward') or len(mm.outputs) != 1:
+        return False
+    linear = mm.outputs[0].module
+    if not isinstance(linear, nn.Linear) or int(sizes[-1]) != linear.in_features:
+        return False
+    deps = list(node.dependencies) + [d for n in node.inputs + node.outputs for d in n.dependencies
+                                      if d.target is node]
+    return all(f is None for d in deps for f in d.index_mapping)
 
 
 def _in_channel_shuffle(node) -> bool:
@@ -238,14 +260,15 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     sentinels = set(wrapper.sentinels) | {wrapper.input_sentinel}
     param_names = {p: n[len('backbone.'):] for n, p in wrapper.named_parameters()}
     ignored = set(ignore_names)
+    linear_flatten = {node for node in graph.module2node.values() if _is_linear_flatten(node)}
     barriers = {node for m, node in graph.module2node.items()
-                if isinstance(m, _UNSAFE_OPS) or is_permuting_op(m)}
+                if (isinstance(m, _UNSAFE_OPS) or is_permuting_op(m)) and node not in linear_flatten}
     result = TraceResult(graph, wrapper, [], [], out_shapes, barriers, deadline)
     for group in all_groups(graph, ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES,
                             barriers=barriers, deadline=deadline, names=names):
         root = group[0].dep.target.module
         root_name = names.get(root, '?')
-        touched, out_touched, reason = [], [], None
+        touched, out_touched, reason, via_flatten = [], [], None, False
         for dep, _ in group:
             m = dep.target.module
             if m is wrapper.input_sentinel:
@@ -256,6 +279,8 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 break
             if isinstance(m, nn.Parameter):
                 reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
+            elif dep.target in linear_flatten:
+                via_flatten = True
             elif isinstance(m, _UNSAFE_OPS) or is_permuting_op(m):
                 reason = _barrier_reason(dep.target)
             elif keep_residual and _is_residual_add(m, graph):
@@ -268,6 +293,9 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                     out_touched.append(names[m])
                 if names[m] in ignored:
                     reason = reason or f'touches ignored module {names[m]}'
+        if reason is None and via_flatten and not all(
+                isinstance(dep.target.module, nn.Linear) for dep, _ in group if dep.target.module in names):
+            reason = 'passes a Reshape op'  # a flatten in front of a Linear, but not between Linears only
         if reason is None:
             divisor = _group_divisor(group, graph)
             if divisor is None:
