@@ -1,17 +1,22 @@
 """Sweep L1FilterPruner over registered backbones of mmdet, mmpose and mmpretrain.
 
     python tools/backbone_sweep.py [--sparsity 0.5] [--out docs/backbone_sweep.md] [--only NAME ...]
+                                   [--merge] [--readme README.md]
 
 Each backbone is built from its registry (random weights: the structure is what matters),
 pruned at the given sparsity on a 1x3xSxS input, and either prunes with every output shape
 unchanged and forward running, or is refused with the pruner's one-line error. Params and
 MACs (torch_pruning.utils.count_ops_and_params) are compared before/after; the markdown table
-goes to stdout and to --out.
+goes to stdout and to --out. ``--only A B --merge`` re-runs some backbones and replaces just their
+rows in the existing --out (the other rows are kept as they are, the re-run is noted above the
+table); ``--readme`` also rewrites the short table under "## Which backbones prune" in README.md.
 """
 import argparse
 import copy
 import os
 import os.path as osp
+import re
+import shlex
 import signal
 import sys
 import time
@@ -52,6 +57,8 @@ BACKBONES = [
     ('MobileNetV2', 'mmpretrain', dict(type='MobileNetV2'), 64),
     ('MobileNetV3-small', 'mmpretrain', dict(type='MobileNetV3', arch='small'), 64),
     ('ShuffleNetV2', 'mmpretrain', dict(type='ShuffleNetV2'), 64),
+    ('ShuffleNetV2 (mmpose)', 'mmpose', dict(type='ShuffleNetV2'), 64),
+    ('ShuffleNetV1', 'mmpretrain', dict(type='ShuffleNetV1'), 64),
     ('EfficientNet-b0', 'mmpretrain', dict(type='EfficientNet', arch='b0'), 64),
     ('HRNet-w18 (mmpose)', 'mmpose', dict(type='HRNet', extra=HRNET_W18), 64),
     ('HRNet-w18 (mmpretrain)', 'mmpretrain', dict(type='HRNet', arch='w18'), 64),
@@ -64,9 +71,30 @@ BACKBONES = [
     ('RepVGG-A0', 'mmpretrain', dict(type='RepVGG', arch='A0'), 64),
     ('ConvNeXt-T', 'mmpretrain', dict(type='ConvNeXt', arch='tiny'), 64),
     ('Swin-T (mmdet)', 'mmdet', dict(type='SwinTransformer'), 64),
+    ('Swin-T (mmpretrain)', 'mmpretrain', dict(type='SwinTransformer', arch='tiny', img_size=64, pad_small_map=True), 64),
     ('ViT deit-tiny', 'mmpretrain', dict(type='VisionTransformer', arch='deit-tiny', img_size=64, patch_size=16), 64),
     ('MobileOne-s0', 'mmpretrain', dict(type='MobileOne', arch='s0'), 64),
 ]
+
+
+def count_macs_params_all(backbone, x):
+    """``count_macs_params``, also counting subclasses of the layer types Torch-Pruning's counter
+    knows: it matches by exact type, so e.g. mmcv's ``Linear`` wrapper (the FFN layers of mmcv /
+    mmpretrain / mmdet transformers) would count 0 MACs."""
+    from torch_pruning.utils import op_counter
+    extra = {}
+    for m in backbone.modules():
+        t = type(m)
+        if t in op_counter.MODULES_MAPPING:
+            continue
+        base = next((b for b in t.__mro__[1:] if b in op_counter.MODULES_MAPPING), None)
+        if base is not None:
+            extra[t] = op_counter.MODULES_MAPPING[base]
+    op_counter.CUSTOM_MODULES_MAPPING = extra  # read by the next count, reset to {} after it
+    try:
+        return count_macs_params(backbone, x)
+    finally:
+        op_counter.CUSTOM_MODULES_MAPPING = {}
 
 
 class _Timeout(Exception):
@@ -92,7 +120,7 @@ def sweep_backbone(name: str, scope: str, cfg: dict, size: int, sparsity: float 
     backbone = MODELS.build(copy.deepcopy(cfg))
     backbone.eval()
     x = torch.randn(1, 3, size, size)
-    macs0, params0 = count_macs_params(backbone, x)
+    macs0, params0 = count_macs_params_all(backbone, x)
     pruner = L1FilterPruner(sparsity=sparsity)
     t = time.perf_counter()
     old = signal.signal(signal.SIGALRM, _alarm) if time_limit else None
@@ -119,7 +147,7 @@ def sweep_backbone(name: str, scope: str, cfg: dict, size: int, sparsity: float 
     row['seconds'] = time.perf_counter() - t
     with torch.no_grad():
         flatten_outputs(backbone(x))  # forward runs (shapes were checked by the pruner)
-    macs1, params1 = count_macs_params(backbone, x)
+    macs1, params1 = count_macs_params_all(backbone, x)
     rep = pruner.report
     reasons = sorted({r for _, r in rep['skipped']})
     row.update(prunable='yes' if rep['groups'] else 'nothing to prune',
@@ -142,33 +170,128 @@ def format_table(rows, sparsity: float, size_note: str = '') -> str:
     return '\n'.join(lines)
 
 
+COLUMNS = ('backbone', 'registry', 'prunable', 'groups', 'params_cut', 'macs_cut', 'note')
+README_HEADING = '## Which backbones prune'
+RERUN_PREFIX = 'Rows re-run with '
+
+
+def parse_table(text: str):
+    """(sparsity, rows) of a sweep markdown written by :func:`main` (rows as dicts, no seconds)."""
+    m = re.search(r'\| MACs cut \(s=([0-9.]+)\) \|', text)
+    if not m:
+        raise ValueError('--merge: the existing --out has no sweep table')
+    rows = []
+    for line in text[m.end():].splitlines()[2:]:
+        if not line.startswith('| '):
+            break
+        cells = [c.strip() for c in line.strip().strip('|').split(' | ')]
+        if len(cells) != len(COLUMNS):
+            raise ValueError(f'--merge: cannot read the table row {line[:60]!r}')
+        rows.append(dict(zip(COLUMNS, cells)))
+    return float(m.group(1)), rows
+
+
+def merge_rows(old_rows, new_rows):
+    """``old_rows`` with the rows of the same backbone replaced by ``new_rows``, in BACKBONES order
+    (rows of backbones no longer listed stay at the end)."""
+    new = {r['backbone']: r for r in new_rows}
+    merged = [new.pop(r['backbone'], r) for r in old_rows] + list(new.values())
+    order = {b[0]: i for i, b in enumerate(BACKBONES)}
+    return sorted(merged, key=lambda r: order.get(r['backbone'], len(order)))
+
+
+def rerun_notes(old_text: str, names, command: str):
+    """The "Rows re-run with ..." lines of ``old_text`` minus ``names``, plus one for this run."""
+    notes = []
+    for line in old_text.splitlines():
+        if not line.startswith(RERUN_PREFIX):
+            continue
+        head, _, listed = line.rpartition(': ')
+        keep = [n for n in listed.rstrip('.').split(', ') if n and n not in names]
+        if keep:
+            notes.append(f'{head}: {", ".join(keep)}.')
+    notes.append(f'{RERUN_PREFIX}`{command}`: {", ".join(names)}.')
+    return notes
+
+
+def readme_table(rows) -> str:
+    """The short table of README.md's "Which backbones prune" section."""
+    lines = ['| backbone | prunable | params cut | MACs cut |', '|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r["backbone"]} | {r["prunable"]} | {r["params_cut"] or "—"} | {r["macs_cut"] or "—"} |')
+    return '\n'.join(lines)
+
+
+def update_readme(path: str, rows) -> None:
+    """Replace the table under README_HEADING in ``path`` (nothing else)."""
+    with open(path) as f:
+        text = f.read()
+    start = text.find(README_HEADING)
+    if start < 0:
+        raise ValueError(f'--readme: {path} has no "{README_HEADING}" section')
+    m = re.compile(r'^\| backbone \| prunable \|.*\n(?:\|.*\n?)*', re.M).search(text, start)
+    nxt = text.find('\n## ', start + len(README_HEADING))
+    if not m or (nxt >= 0 and m.start() > nxt):
+        raise ValueError(f'--readme: no backbone table under "{README_HEADING}" in {path}')
+    table = readme_table(rows) + ('\n' if m.group(0).endswith('\n') else '')
+    with open(path, 'w') as f:
+        f.write(text[:m.start()] + table + text[m.end():])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--sparsity', type=float, default=0.5)
     p.add_argument('--out', default='docs/backbone_sweep.md')
     p.add_argument('--only', nargs='*', default=None, help='backbone names to run')
     p.add_argument('--time-limit', type=int, default=120, help='seconds per backbone')
+    p.add_argument('--merge', action='store_true',
+                   help='with --only: replace only these rows of the existing --out, keep the others')
+    p.add_argument('--readme', default=None, help='also rewrite the backbone table of this README')
     args = p.parse_args(argv)
+    unknown = sorted(set(args.only or []) - {b[0] for b in BACKBONES})
+    if unknown:
+        p.error(f'--only: unknown backbone(s) {unknown}; known: {[b[0] for b in BACKBONES]}')
+    if args.merge and not (args.only and args.out and osp.isfile(args.out)):
+        p.error('--merge needs --only NAME ... and an existing --out file')
     todo = [b for b in BACKBONES if not args.only or b[0] in args.only]
     try:
         from tqdm import tqdm
         todo_iter = tqdm(todo, desc='backbones', file=sys.stderr)
     except ImportError:
         todo_iter = todo
-    rows = [sweep_backbone(n, s, c, size, args.sparsity, args.time_limit) for n, s, c, size in todo_iter]
+    rows = []
+    for n, s, c, size in todo_iter:
+        rows.append(sweep_backbone(n, s, c, size, args.sparsity, args.time_limit))
+        print(f'{n}: {rows[-1]["prunable"]} ({rows[-1]["seconds"]:.2f} s pruning)', file=sys.stderr)
+    notes = []
+    if args.merge:
+        with open(args.out) as f:
+            old_text = f.read()
+        old_sparsity, old_rows = parse_table(old_text)
+        if old_sparsity != args.sparsity:
+            p.error(f'--merge: {args.out} was made with --sparsity {old_sparsity}, not {args.sparsity}')
+        command = 'python tools/backbone_sweep.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        notes = rerun_notes(old_text, [r['backbone'] for r in rows], command)
+        rows = merge_rows(old_rows, rows)
     table = format_table(rows, args.sparsity)
     ok = sum(r['prunable'] == 'yes' for r in rows)
+    timeouts = any(r['prunable'] == 'TIMEOUT' for r in rows)
     text = (f'# Backbone sweep\n\nGenerated by `python tools/backbone_sweep.py --sparsity {args.sparsity}`: '
             f'L1FilterPruner (uniform sparsity, residual streams and output widths kept) on '
             f'randomly initialised backbones, input 1x3xSxS (S=32 for CIFAR nets, else 64); '
-            f'MACs from torch_pruning.utils.count_ops_and_params. {ok} of {len(rows)} backbones '
+            f'MACs from torch_pruning.utils.count_ops_and_params (subclasses of the layer types it '
+            f'counts, e.g. the mmcv Linear of transformer FFNs, counted as their base type). '
+            f'{ok} of {len(rows)} backbones '
             f'pruned with every output shape unchanged; the others were refused with the '
-            f'message shown (TIMEOUT: stopped after {args.time_limit} s on this machine).\n\n{table}\n')
+            f'message shown' + (' (TIMEOUT: stopped after the time shown on this machine)' if timeouts else '')
+            + '.\n\n' + ''.join(n + '\n\n' for n in notes) + f'{table}\n')
     print(text)
     if args.out:
         os.makedirs(osp.dirname(args.out) or '.', exist_ok=True)
         with open(args.out, 'w') as f:
             f.write(text)
+    if args.readme:
+        update_readme(args.readme, rows)
     return rows
 
 
