@@ -167,7 +167,7 @@ def test_whole_model_target_for_detection():
             self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU())
             self.neck = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
 
-        def forward(self, x, mode='tensor'):
+        def forward(self, x, data_samples, mode='tensor'):  # mmpose: no default data_samples
             assert mode == 'tensor'
             return (self.neck(self.backbone(x)),)
 

@@ -151,8 +151,8 @@ def test_invert_choice_is_part_of_the_cache_key(tmp_path, teacher):
             self.backbone, self.model = model.backbone, model
             self.data_preprocessor = model.data_preprocessor
 
-        def forward(self, x, mode='tensor'):
-            return self.model(x, mode=mode)
+        def forward(self, x, data_samples=None, mode='tensor'):
+            return self.model(x, data_samples, mode=mode)
 
     det = AsDetector(teacher)
     auto = make(tmp_path, num_images=2)

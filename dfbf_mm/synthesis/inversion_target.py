@@ -47,7 +47,8 @@ class ModelTensors(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        return self.model(x, mode='tensor')
+        # mmpose's forward has no default for data_samples; mmdet's does
+        return self.model(x, None, mode='tensor')
 
 
 def inversion_target(model: nn.Module, task: str, invert: str = 'auto') -> nn.Module:
