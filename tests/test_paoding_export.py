@@ -221,3 +221,17 @@ def test_paoding_is_a_dfbf_pruner(tmp_path):
         pruner=pruner, input_size=(32, 32), channel_spec=spec))
     shapes = {k: v.shape for k, v in again.student.state_dict().items()}
     assert shapes == {k: v.shape for k, v in distiller.student.state_dict().items()}
+
+
+def test_benchmark_l1_and_paoding_prune_the_same_inner_layers(tmp_path):
+    """tools/benchmarks/paoding_cnn.py compares methods at matching ratios: same layers, widths."""
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'benchmarks'))
+    from paoding_cnn import pruner_cfg
+    _, model = stock(RESNET, tmp_path)
+    shapes = {}
+    for method in ('stochastic', 'l1'):
+        backbone = __import__('copy').deepcopy(model.backbone)
+        spec = PRUNERS.build(pruner_cfg(method, 0.3, (-1.0, 2.0))).prune(backbone, torch.zeros(1, 3, 32, 32))
+        shapes[method] = {n: e['shapes'] for n, e in spec['modules'].items()}
+    assert shapes['stochastic'] == shapes['l1'] and 'layer4.1.conv1' in shapes['l1']
