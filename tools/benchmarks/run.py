@@ -70,15 +70,16 @@ BUDGETS = {
     'full': {
         'cls': dict(),  # the config's own: 256 images x 40 epochs (also `make demo`'s)
         'det': dict(synthetic_data=dict(num_images=128, batch_size=16),
-                    schedule=dict(epochs=10, lr_steps=[8])),
+                    schedule=dict(epochs=40, lr_steps=[32])),
         'pose': dict(synthetic_data=dict(num_images=256, batch_size=32),
-                     schedule=dict(epochs=20, lr_steps=[15])),
+                     schedule=dict(epochs=40, lr_steps=[30])),
     },
     'quick': {
         'cls': dict(synthetic_data=dict(num_images=64, batch_size=32),
                     synthesizer=dict(iterations=10), schedule=dict(epochs=1, lr_steps=[])),
         'det': dict(synthetic_data=dict(num_images=16, batch_size=8),
-                    synthesizer=dict(iterations=5, half_res_iterations=0),
+                    synthesizer=dict(iterations=5, half_res_iterations=0, coarse_iterations=5,
+                                     settle_iters=2),
                     schedule=dict(epochs=1, lr_steps=[])),
         'pose': dict(synthetic_data=dict(num_images=32, batch_size=16),
                      synthesizer=dict(iterations=5, half_res_iterations=0),
