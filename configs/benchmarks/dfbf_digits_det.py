@@ -14,7 +14,7 @@ dfbf = dict(
     # 4x-coarser image (smooth starts), inverting the whole detector (neck and head BN layers
     # too). The detection preset cut to 250 steps left the images near noise (docs/
     # benchmark_results.md: 0.80 mAP after fine-tuning, vs 8.70 with these at the same budget).
-    synthesizer=dict(type='DeepInversionSynthesizer', preset='fast', ce_weight=0.0,
+    synthesizer=dict(type='DeepInversionSynthesizer', preset='fast', ce_weight=0,
                      half_res_iterations=0, iterations=200, init_std=0.2,
                      coarse_iterations=100, coarse_factor=4),
     synthetic_data=dict(num_images=256, batch_size=16, image_size=(128, 128), seed=0,
