@@ -80,3 +80,16 @@ def test_missing_teacher_skips_task(tmp_path):
 def test_bad_sparsity_is_one_line_error():
     with pytest.raises(SystemExit):
         bench.parse_args(['--sparsities', '1.5'])
+
+
+def test_results_of_concurrent_benchmarks_are_merged(tmp_path):
+    """Two benchmark processes (e.g. one task per core) each save only what they ran: neither
+    erases the other's records."""
+    path = str(tmp_path / 'results.json')
+    first, second = {'full|det|teacher': dict(metric=1.0)}, {'full|pose|teacher': dict(metric=2.0)}
+    bench.save_results(first, path)
+    bench.save_results(second, path)
+    first['full|det|uniform|s0.5|dfbf'] = dict(metric=3.0)
+    bench.save_results(first, path)
+    assert sorted(bench.load_results(path)) == ['full|det|teacher', 'full|det|uniform|s0.5|dfbf',
+                                                'full|pose|teacher']

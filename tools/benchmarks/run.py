@@ -126,12 +126,22 @@ def load_results(path):
 
 
 def save_results(results, path):
-    """Atomic write: an interrupted benchmark never leaves a half-written results.json."""
+    """Merge ``results`` into results.json and write it atomically, under a lock.
+
+    Atomic: an interrupted benchmark never leaves a half-written file. Merged: records that
+    another benchmark process (e.g. other tasks on the second core) saved meanwhile are kept;
+    ``results`` then holds them too.
+    """
+    import fcntl
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    with open(path + '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = load_results(path)
+        results.update({k: v for k, v in on_disk.items() if k not in results})
+        tmp = f'{path}.{os.getpid()}.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(results, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def merge(base: dict, over: dict) -> dict:
