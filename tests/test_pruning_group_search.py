@@ -12,7 +12,7 @@ from mmengine.registry import init_default_scope
 from dfbf_mm.pruning import L1FilterPruner, flatten_outputs
 from dfbf_mm.pruning.channel_groups import SentinelWrapper
 from dfbf_mm.pruning.group_search import (Deadline, TraceTimeLimitError, all_groups,
-                                          tolerant_reshape_mapping)
+                                          tolerant_index_mapping)
 from dfbf_mm.registry import MODELS
 
 
@@ -31,9 +31,43 @@ def outs(backbone, x):
         return flatten_outputs(backbone(x))
 
 
+def zeroed_stock_equals_pruned(stock, pruned, x):
+    """The pruned model computes what the stock one does with the removed input channels of
+    every (non-grouped) conv/linear set to zero: channels were removed consistently. Needs
+    float64 weights drawn so that no two kernels are equal."""
+    old, new = dict(stock.named_modules()), dict(pruned.named_modules())
+    for name, m in new.items():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or getattr(m, 'groups', 1) > 1 or \
+                m.weight.shape[1] == old[name].weight.shape[1]:
+            continue
+        w_old, kept = old[name].weight.data, []
+        for j in range(m.weight.shape[1]):  # which stock input channel column j of the pruned one is
+            ref = m.weight.data[0, j]
+            hits = {c for r, c in (w_old == ref.reshape(-1)[0]).nonzero()[:, :2].tolist()
+                    if torch.equal(w_old[r, c], ref)}
+            assert len(hits) == 1, name
+            kept.append(hits.pop())
+        off = torch.ones(w_old.shape[1], dtype=torch.bool)
+        off[kept] = False
+        w_old[:, off] = 0
+    return all(torch.allclose(a, b, rtol=1e-9, atol=1e-9) for a, b in zip(outs(stock, x), outs(pruned, x)))
+
+
+def random_double(m):
+    m.double()
+    torch.manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            mod.weight.data.normal_(0, 0.1)
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+    return m
+
+
 def traced(backbone, x):
     wrapper = SentinelWrapper(backbone, outs(backbone, x), x.shape[1])
-    with torch.enable_grad(), tolerant_reshape_mapping():
+    with torch.enable_grad(), tolerant_index_mapping():
         return tp.DependencyGraph().build_dependency(
             wrapper, example_inputs=[x.clone().requires_grad_(True)], verbose=False), wrapper
 
@@ -71,6 +105,54 @@ def test_shufflenet_v2_prunes_fast_and_round_trips(scope):
     rebuilt.load_state_dict(backbone.state_dict(), strict=True)
     for a, b in zip(outs(rebuilt, x), got):
         assert torch.equal(a, b)
+
+
+LITEHRNET_SMALL = dict(type='LiteHRNet', extra=dict(
+    stem=dict(stem_channels=16, out_channels=16, expand_ratio=1),
+    num_stages=2, stages_spec=dict(num_modules=(1, 1), num_branches=(2, 3), num_blocks=(1, 1),
+                                   module_type=('LITE', 'NAIVE'), with_fuse=(True, True), reduce_ratios=(4, 4),
+                                   num_channels=((16, 32), (16, 32, 64))), with_head=True))
+
+
+@pytest.mark.parametrize('scope,cfg,size', [('mmpretrain', SHUFFLENET_V2['mmpretrain'], 64),
+                                            ('mmpose', SHUFFLENET_V2['mmpose'], 64), ('mmpose', LITEHRNET_SMALL, 32)])
+def test_channels_are_removed_consistently_through_chunks_and_shuffles(scope, cfg, size):
+    torch.set_default_dtype(torch.float64)  # (float64 convs are slow on CPU: small inputs)
+    try:
+        stock = random_double(build(scope, cfg))
+        pruned = copy.deepcopy(stock)
+        x = torch.randn(1, 3, size, size)
+        spec = L1FilterPruner(sparsity=0.5, trace_time_limit=30).prune(pruned, x)
+        assert spec['modules']
+        assert zeroed_stock_equals_pruned(stock, pruned, x)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_split_whose_outputs_torch_pruning_lists_out_of_order_is_not_pruned():
+    class TwoHalves(nn.Module):  # Torch-Pruning lists the chunks' consumers as (b, a): halves swapped
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            x1, x2 = self.stem(x).chunk(2, dim=1)
+            return torch.cat([self.a(x1), self.b(x2)], dim=1)
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        stock = random_double(TwoHalves().eval())
+        pruned = copy.deepcopy(stock)
+        x = torch.randn(2, 3, 8, 8)
+        pruner = L1FilterPruner(sparsity=0.5)
+        spec = pruner.prune(pruned, x)
+        assert sorted(spec['modules']) == ['a.0', 'a.2']
+        assert ('stem', 'passes a Split op Torch-Pruning cannot map') in pruner.report['skipped']
+        assert zeroed_stock_equals_pruned(stock, pruned, x)
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 def test_shufflenet_v1_is_refused_in_one_line_naming_the_shuffle():

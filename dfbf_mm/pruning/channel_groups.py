@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
-from .group_search import Deadline, all_groups, is_permuting_op, tolerant_reshape_mapping
+from .group_search import UNMAPPED, Deadline, all_groups, is_permuting_op, tolerant_index_mapping
 
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
 # into heads, sliced, expanded): groups through them are skipped, not pruned. They and the
@@ -160,6 +160,18 @@ def _is_residual_add(m, graph) -> bool:
     return node is not None and len(node.inputs) >= 2
 
 
+def _split_outputs_in_order(node) -> bool:
+    """Whether Torch-Pruning's split mapping is right: it gives chunk i to ``node.outputs[i]``,
+    but the outputs are listed in tracing order (LiteHRNet's stem: the two halves swapped)."""
+    if len(node.outputs) != len(node.module.offsets) - 1:
+        return False  # a chunk is unused, or one consumer takes two chunks
+    for i, out in enumerate(node.outputs):
+        fns = out.grad_fn.next_functions if out.grad_fn is not None else ()
+        if [nr for fn, nr in fns if fn is node.grad_fn] != [i]:
+            return False
+    return True
+
+
 def _is_linear_flatten(node) -> bool:
     """True for the view ``F.linear`` puts in front of ``addmm`` for an N-D input.
 
@@ -214,6 +226,8 @@ def _barrier_reason(node) -> str:
     if _in_channel_shuffle(node):
         return 'passes a channel shuffle (view, transpose, view)'
     m = node.module
+    if getattr(m, UNMAPPED, False):
+        return f'passes a {type(m).__name__.strip("_").replace("Op", "")} op Torch-Pruning cannot map'
     if is_permuting_op(m):
         return f'passes a {str(m._grad_fn).split("Backward")[0] or "permute"} op'
     return f'passes a {type(m).__name__.strip("_").replace("Op", "")} op'
@@ -243,7 +257,7 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
         p.requires_grad_(True)
     was_training = backbone.training
     try:
-        with torch.enable_grad(), tolerant_reshape_mapping():
+        with torch.enable_grad(), tolerant_index_mapping():
             graph = tp.DependencyGraph().build_dependency(
                 wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False)
     except Exception as e:
@@ -261,8 +275,13 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     param_names = {p: n[len('backbone.'):] for n, p in wrapper.named_parameters()}
     ignored = set(ignore_names)
     linear_flatten = {node for node in graph.module2node.values() if _is_linear_flatten(node)}
+    for m, node in graph.module2node.items():  # concat/split offsets Torch-Pruning got wrong or not at all
+        if isinstance(m, (tp_ops._ConcatOp, tp_ops._SplitOp)) and (
+                m.offsets is None or (isinstance(m, tp_ops._SplitOp) and not _split_outputs_in_order(node))):
+            setattr(m, UNMAPPED, True)
     barriers = {node for m, node in graph.module2node.items()
-                if (isinstance(m, _UNSAFE_OPS) or is_permuting_op(m)) and node not in linear_flatten}
+                if (isinstance(m, _UNSAFE_OPS) or is_permuting_op(m) or getattr(m, UNMAPPED, False))
+                and node not in linear_flatten}
     result = TraceResult(graph, wrapper, [], [], out_shapes, barriers, deadline)
     for group in all_groups(graph, ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES,
                             barriers=barriers, deadline=deadline, names=names):
@@ -281,7 +300,7 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
             elif dep.target in linear_flatten:
                 via_flatten = True
-            elif isinstance(m, _UNSAFE_OPS) or is_permuting_op(m):
+            elif isinstance(m, _UNSAFE_OPS) or is_permuting_op(m) or getattr(m, UNMAPPED, False):
                 reason = _barrier_reason(dep.target)
             elif keep_residual and _is_residual_add(m, graph):
                 reason = reason or 'is a residual stream (summed with another feature map)'

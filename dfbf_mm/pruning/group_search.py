@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Collection, Iterator, Optional, Sequence
 
+import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import _helpers, ops
@@ -33,37 +34,61 @@ _PERMUTING_GRAD_FNS = ('transpose', 'permute', 'pixelshuffle', 'pixelunshuffle',
 
 
 @contextmanager
-def tolerant_reshape_mapping():
-    """Within the block, a reshape whose index mapping Torch-Pruning cannot work out is left unmapped.
+def tolerant_index_mapping():
+    """Within the block, an index mapping Torch-Pruning cannot work out is left unset, not fatal.
 
-    ``update_reshape_index_mapping`` divides by a channel count inferred behind the reshape,
-    which is 0 when the view feeds a ``chunk`` (mmpose's ShuffleNetV2), and the whole trace
-    dies with ZeroDivisionError. Reshape ops are barriers of our search and every group that
-    reaches one is skipped, so their mapping is never used: the failing one is just not set.
+    * ``update_reshape_index_mapping`` divides by a channel count inferred behind the reshape,
+      which is 0 when the view feeds a ``chunk`` (mmpose's ShuffleNetV2): ZeroDivisionError.
+      Reshape ops are barriers of our search and every group that reaches one is skipped, so
+      their mapping is never used.
+    * ``update_concat_index_mapping`` sums the inferred widths of the inputs before checking
+      them for None (LiteHRNet): TypeError. Such a concat is marked (``UNMAPPED``) and made a
+      barrier too: without its offsets, indices would cross it unmapped.
     """
-    orig = index_mapping.update_reshape_index_mapping
-    if getattr(orig, '_dfbf_tolerant', False):  # nested
+    reshape, concat = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
+    if getattr(reshape, '_dfbf_tolerant', False):  # nested
         yield
         return
 
-    def update(graph, node):
+    def update_reshape(graph, node):
         try:
-            orig(graph, node)
+            reshape(graph, node)
         except ZeroDivisionError:
             pass
 
-    update._dfbf_tolerant = True
-    index_mapping.update_reshape_index_mapping = update
+    def update_concat(graph, node):
+        try:
+            concat(graph, node)
+        except TypeError:
+            setattr(node.module, UNMAPPED, True)
+
+    update_reshape._dfbf_tolerant = True
+    index_mapping.update_reshape_index_mapping = update_reshape
+    index_mapping.update_concat_index_mapping = update_concat
     try:
         yield
     finally:
-        index_mapping.update_reshape_index_mapping = orig
+        index_mapping.update_reshape_index_mapping = reshape
+        index_mapping.update_concat_index_mapping = concat
 
 
-def update_index_mapping(graph: tp.DependencyGraph) -> None:
-    """Torch-Pruning's ``update_index_mapping`` under :func:`tolerant_reshape_mapping`."""
-    with tolerant_reshape_mapping():
-        index_mapping.update_index_mapping(graph)
+UNMAPPED = '_dfbf_unmapped'  # attribute set on a traced op whose index mapping could not be made
+
+
+def update_index_mapping(graph: tp.DependencyGraph, skip: Collection = ()) -> None:
+    """Torch-Pruning's ``update_index_mapping`` under :func:`tolerant_index_mapping`, leaving out
+    the nodes in ``skip`` (barriers: no pruned group uses their mapping, and recomputing the
+    reshape ones is what makes Torch-Pruning spend seconds per group on LiteHRNet)."""
+    updates = {ops.OPTYPE.CONCAT: 'update_concat_index_mapping', ops.OPTYPE.SPLIT: 'update_split_index_mapping',
+               ops.OPTYPE.RESHAPE: 'update_reshape_index_mapping', ops.OPTYPE.UNBIND: 'update_unbind_index_mapping',
+               ops.OPTYPE.SLICE: 'update_slice_index_mapping'}
+    if torch.__version__ >= '1.8':
+        updates[ops.OPTYPE.EXPAND] = 'update_expand_index_mapping'
+    with tolerant_index_mapping():
+        for node in list(graph.module2node.values()):
+            name = updates.get(node.type)
+            if name is not None and node not in skip:
+                getattr(index_mapping, name)(graph, node)  # looked up now: the tolerant versions
 
 
 class TraceTimeLimitError(ValueError):
@@ -101,15 +126,22 @@ class Deadline:
 
 def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn: Callable,
                   idxs: Sequence[int], barriers: Collection = (), deadline: Optional[Deadline] = None,
-                  where: Callable[[], str] = lambda: '?', update_mapping: bool = True) -> Group:
-    """``graph.get_pruning_group(module, pruning_fn, idxs)``, bounded (see module docstring)."""
+                  where: Callable[[], str] = lambda: '?', update_mapping: bool = True,
+                  mark_unmappable: bool = False) -> Group:
+    """``graph.get_pruning_group(module, pruning_fn, idxs)``, bounded (see module docstring).
+
+    An index mapping that raises (Torch-Pruning's split/concat mappings with offsets it could
+    not infer) propagates, unless ``mark_unmappable``: then the op it leads to is marked
+    ``UNMAPPED``, added to the group with the unmapped indices and not passed (the caller
+    must skip such a group).
+    """
     if module not in graph.module2node:
         raise ValueError(f'Module {module} is not in the dependency graph.')
     if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
         pruning_fn = function.prune_depthwise_conv_out_channels
     idxs = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
     if update_mapping:
-        update_index_mapping(graph)
+        update_index_mapping(graph, skip=barriers)
 
     group = Group()
     root_node = graph.module2node[module]
@@ -131,9 +163,16 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn: Call
             if not new_dep.is_triggered_by(fn):
                 continue
             new_idxs = idxs
-            for mapping in new_dep.index_mapping:
-                if mapping is not None:
-                    new_idxs = mapping(new_idxs)
+            try:
+                for mapping in new_dep.index_mapping:
+                    if mapping is not None:
+                        new_idxs = mapping(new_idxs)
+            except Exception:
+                if not mark_unmappable:
+                    raise
+                setattr(new_dep.target.module, UNMAPPED, True)
+                group.add_dep(new_dep, idxs)
+                continue
             if len(new_idxs) == 0:
                 continue
             key = (new_dep.target, new_dep.handler, tuple(new_idxs))
@@ -200,7 +239,7 @@ def all_groups(graph: tp.DependencyGraph, ignored_layers: Sequence = (), root_mo
         n = pruner.get_out_channels(m)
         group = pruning_group(graph, m, pruner.prune_out_channels, list(range(n)), barriers, deadline,
                               lambda: f'in the group rooted at {names.get(m, type(m).__name__)}',
-                              update_mapping=False)
+                              update_mapping=False, mark_unmappable=True)
         prunable = True
         for dep, _ in group:
             if graph.is_out_channel_pruning_fn(dep.handler):
