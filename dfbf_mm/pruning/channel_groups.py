@@ -6,9 +6,12 @@ graph. A dependency group that touches a sentinel couples its channels to a widt
 the backbone (an ``out_indices`` map, a residual stream, a shortcut conv) and is never pruned,
 so the stock neck/head keep fitting. Groups that would need constructs we cannot prune safely
 (reshapes into heads, bare ``nn.Parameter`` tensors, attention modules, incompatible grouped
-convs, channel shuffles and other transposes) are skipped with a reason instead of being
-handed to Torch-Pruning. The group search itself is :mod:`.group_search` (Torch-Pruning's,
-stopped at those constructs and bounded by a time limit).
+convs, channel shuffles and other transposes, concats/splits whose offsets Torch-Pruning
+cannot make or gets wrong) are skipped with a reason instead of being handed to
+Torch-Pruning. The group search itself is :mod:`.group_search` (Torch-Pruning's, stopped at
+those constructs and bounded by a time limit). One reshape is trusted: the flatten ``F.linear``
+does in front of an N-D input, and only in groups whose layers are all Linears (the hidden
+units of a transformer FFN: fc1 rows, fc2 columns; attention and the residual stream stay).
 """
 import math
 from dataclasses import dataclass, field

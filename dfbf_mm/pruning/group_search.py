@@ -13,7 +13,9 @@ set of (layer, indices) pairs stops growing. Two things make that run away on so
 same order, same merge) with three changes: the membership test is a set look-up; the walk
 does not continue *through* a ``barrier`` node (it is added to the group, which is then
 never pruned: :mod:`.channel_groups` skips every group that contains one); and a deadline
-turns a run-away search into a one-line :class:`TraceTimeLimitError`.
+turns a run-away search into a one-line :class:`TraceTimeLimitError`. Index mappings that
+Torch-Pruning cannot make (its own exceptions) mark the op ``UNMAPPED`` instead of failing
+the trace; such ops are barriers as well.
 """
 import time
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from torch_pruning.pruner import function
 # grad_fn names of traced ops that move channels to other positions (Torch-Pruning treats
 # them as element-wise, i.e. as if channel i stayed channel i).
 _PERMUTING_GRAD_FNS = ('transpose', 'permute', 'pixelshuffle', 'pixelunshuffle', 'channelshuffle')
+UNMAPPED = '_dfbf_unmapped'  # attribute set on a traced op whose index mapping is missing or wrong
 
 
 @contextmanager
@@ -72,9 +75,6 @@ def tolerant_index_mapping():
         index_mapping.update_concat_index_mapping = concat
 
 
-UNMAPPED = '_dfbf_unmapped'  # attribute set on a traced op whose index mapping could not be made
-
-
 def update_index_mapping(graph: tp.DependencyGraph, skip: Collection = ()) -> None:
     """Torch-Pruning's ``update_index_mapping`` under :func:`tolerant_index_mapping`, leaving out
     the nodes in ``skip`` (barriers: no pruned group uses their mapping, and recomputing the
@@ -101,11 +101,6 @@ def is_permuting_op(module) -> bool:
         return False
     name = str(module._grad_fn).lower()
     return any(k in name for k in _PERMUTING_GRAD_FNS)
-
-
-def permuting_nodes(graph: tp.DependencyGraph) -> set:
-    """The graph nodes of ops that permute dimensions (used as barriers)."""
-    return {node for m, node in graph.module2node.items() if is_permuting_op(m)}
 
 
 class Deadline:
