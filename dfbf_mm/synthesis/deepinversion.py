@@ -20,7 +20,6 @@ from tqdm import tqdm
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss
 from .inversion_target import check_image_size
-from .object_prior import check_max_objects, object_prior_loss, sample_objects
 from .presets import NEUTRAL_SETTINGS, get_preset
 from .priors import TV_NORMS, l2_prior, total_variation
 
@@ -125,8 +124,7 @@ class DeepInversionSynthesizer:
                 raise ValueError(f'{key}: must be positive, got {s[key]!r}')
         if s['lr'] is None:
             raise ValueError('lr: must be positive, got None')
-        check_max_objects(s['max_objects'])
-        for key in ('init_std', 'warm_noise', 'object_weight'):
+        for key in ('init_std', 'warm_noise'):
             if not s[key] >= 0:
                 raise ValueError(f'{key}: must be non-negative, got {s[key]!r}')
         if s['lr_schedule'] not in ('constant', 'cosine'):
@@ -259,9 +257,6 @@ class DeepInversionSynthesizer:
         autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
         if labels is not None:
             labels = labels.to(device).long()
-        # drawn only when used, so the random stream of settings without it is unchanged
-        objects = (sample_objects(batch_size, s['max_objects'], gen).to(device)
-                   if s['object_weight'] > 0 else None)
 
         def upsample(z):
             return F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False)
@@ -294,11 +289,9 @@ class DeepInversionSynthesizer:
                         flip = bool(torch.rand(1, generator=gen).item() < 0.5)
                         # The last settle_iters steps see the images as they will be used.
                         settle = kind == last_kind and it >= iters - s['settle_iters']
-                        rolled = bool(jitter) and not settle
-                        flipped = s['flip'] and flip and not settle
-                        if rolled:
+                        if jitter and not settle:
                             xj = torch.roll(xj, shifts=(dy, dx), dims=(2, 3))
-                        if flipped:
+                        if s['flip'] and flip and not settle:
                             xj = torch.flip(xj, dims=(3,))
                         optimizer.zero_grad(set_to_none=True)
                         bn_hooks.reset()
@@ -306,10 +299,6 @@ class DeepInversionSynthesizer:
                             out = target(xj)
                             student_out = student(xj) if s['adi_weight'] > 0 else None
                         terms = self._loss_terms(bn_hooks, xj, out, student_out, labels)
-                        if objects is not None:
-                            terms['obj'] = object_prior_loss(
-                                out, objects, xj.shape[2:], (dy, dx) if rolled else (0, 0), flipped)
-                            terms['loss'] = terms['loss'] + s['object_weight'] * terms['obj']
                         terms['loss'].backward()
                         optimizer.step()
                         scheduler.step()

@@ -38,16 +38,13 @@ SETTINGS_DOC = {
     'warm_shift': 'max random roll (pixels) of the earlier images a warm start begins from',
     'warm_noise': 'std of Gaussian noise added to a warm start',
     'settle_iters': 'last steps of the last phase without jitter and flip (the images as used)',
-    'object_weight': 'weight of the object prior for dense detection heads (object_prior.py; '
-                     "needs synthetic_data.invert='model')",
-    'max_objects': 'objects per image of the object prior: 1..max_objects',
     'warm_settle_iters': 'settle_iters of a warm-started batch',
 }
 
 # Settings that are new since the reference, with values that leave its behaviour unchanged.
 NEUTRAL_SETTINGS = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
                 warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0,
-                settle_iters=0, warm_settle_iters=0, object_weight=0.0, max_objects=4)
+                settle_iters=0, warm_settle_iters=0)
 
 _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',
