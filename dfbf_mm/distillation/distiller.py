@@ -17,13 +17,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..config_utils import check_keys
 from ..registry import MODELS, PRUNERS
 from ..stock_model import get_backbone, load_weights
-from .batch_augment import augment_batch, check_augment
 from .feature_loss import FeatureMimicLoss
 from .feature_taps import FeatureRecorder, select_taps
 from .lop import SimilarityPreservingLoss, expand_model, merge_model, merged_copy
 
 BN_POLICIES = ('update', 'frozen')
-DISTILL_KEYS = ('taps', 'distance', 'weights', 'out_weight', 'bn', 'augment')
+DISTILL_KEYS = ('taps', 'distance', 'weights', 'out_weight', 'bn')
 OVERPARAM_KEYS = ('ratio', 'include', 'exclude', 'seed')
 SP_KEYS = ('weight', 'taps')
 
@@ -58,8 +57,7 @@ class DataFreeDistiller(BaseModel):
         distill: ``taps`` (name patterns, default: unpruned-width norm layers), ``distance``
             ('l1'), ``weights`` (reference preset 0..11 or (a, b)), ``out_weight`` (L_out, 0),
             ``bn`` ('update': student BN running stats adapt to the synthetic data; 'frozen':
-            they stay the teacher's), ``augment`` (``flip``, ``shift`` pixels: the same random
-            flip / circular shift for teacher and student, per image; default none).
+            they stay the teacher's).
         channel_spec: build the student from this spec instead of pruning (used on resume;
             the weights then come from the resumed checkpoint).
         overparam: LOP (spec lop.md): ``ratio`` r, ``include``/``exclude`` name patterns
@@ -121,7 +119,6 @@ class DataFreeDistiller(BaseModel):
                             select_taps(self.teacher.backbone, self.student.backbone, example, taps))
             self.sp_loss = SimilarityPreservingLoss(loss_weight=sp_loss.get('weight', 1.0))
         self.raw_inputs = raw_inputs
-        self.augment = check_augment(distill.get('augment'))
         self._merged_student = None  # cached merged copy of an expanded student, for eval
 
     def _pruned_layers(self):
@@ -161,8 +158,6 @@ class DataFreeDistiller(BaseModel):
             inputs = self.teacher.data_preprocessor(
                 dict(inputs=inputs, data_samples=data_samples), False)['inputs']
         images = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
-        if self.training:
-            images = augment_batch(images, **self.augment)
         taps = list(dict.fromkeys(self.taps + self.sp_taps))
         with torch.no_grad():
             t_taps, t_outs = backbone_features(self.teacher.backbone, images, taps)
