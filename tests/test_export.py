@@ -103,3 +103,60 @@ def test_default_input_size_from_configs():
     assert prune_tool.default_input_size(get_config('mmdet::yolox/yolox_s_8xb8-300e_coco.py')) == (640, 640)
     assert prune_tool.default_input_size(
         get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')) == (384, 640)
+
+
+def test_count_macs_counts_subclasses_of_conv_and_linear_once():
+    """mmcv's FFN ``Linear`` (an nn.Linear subclass) and EfficientNet's Conv2dAdaptivePadding
+    (an nn.Conv2d subclass) are counted like their base class; a wrapper counts once."""
+    from mmcv.cnn import ConvModule
+    from mmcv.cnn.bricks.conv2d_adaptive_padding import Conv2dAdaptivePadding
+    from mmcv.cnn.bricks.transformer import FFN
+    from torch_pruning.utils import op_counter
+
+    from dfbf_mm.export import count_macs_params
+
+    # Torch-Pruning's rules: linear = input elements * out_features + out_features (bias);
+    # conv = k*k*in*out/groups per output position + out (bias) per position; ReLU = output
+    # elements; BN = 2 * elements.
+    ffn = FFN(embed_dims=8, feedforward_channels=16)  # Linear(8, 16), ReLU, Linear(16, 8)
+    macs, params = count_macs_params(ffn, torch.randn(1, 5, 8))
+    assert macs == (5 * 8 * 16 + 16) + 5 * 16 + (5 * 16 * 8 + 8) == 1384  # exact types: 80
+    assert params == (8 * 16 + 16) + (16 * 8 + 8)
+
+    conv = Conv2dAdaptivePadding(3, 4, 3, stride=2)  # 9x9 -> 5x5 ('same' padding)
+    assert count_macs_params(conv, torch.randn(1, 3, 9, 9))[0] == 3 * 3 * 3 * 4 * 25 + 4 * 25  # exact types: 0
+
+    # A wrapper module sums its layers once: ConvModule(padded conv without bias, BN, ReLU).
+    cm = ConvModule(3, 4, 3, stride=2, conv_cfg=dict(type='Conv2dAdaptivePadding'), norm_cfg=dict(type='BN'))
+    assert isinstance(cm.conv, Conv2dAdaptivePadding)
+    assert count_macs_params(cm, torch.randn(1, 3, 9, 9))[0] == 3 * 3 * 3 * 4 * 25 + 2 * 100 + 100
+
+    # A counted layer that delegates to a layer inside it is counted once, as itself.
+    class Wrapped(torch.nn.Conv2d):
+        def __init__(self):
+            super().__init__(3, 4, 3, padding=1, bias=False)
+            self.inner = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    assert count_macs_params(Wrapped(), torch.randn(1, 3, 5, 5))[0] == 3 * 3 * 3 * 4 * 25
+    assert op_counter.CUSTOM_MODULES_MAPPING == {}  # the module global is left as it was
+
+
+def test_prune_tool_trace_time_limit_argument(exported, tmp_path, capsys):
+    base = ['cfg.py', 'ckpt.pth', '--out', 'o']
+    assert prune_tool.parse_args(base).trace_time_limit == 60  # the pruner's default
+    assert prune_tool.parse_args(base + ['--trace-time-limit', '2.5']).trace_time_limit == 2.5
+    for off in ('none', 'None', '0'):
+        assert prune_tool.parse_args(base + ['--trace-time-limit', off]).trace_time_limit is None
+    for bad in ('-1', 'soon', 'nan'):
+        with pytest.raises(SystemExit):
+            prune_tool.parse_args(base + ['--trace-time-limit', bad])
+        assert '--trace-time-limit' in capsys.readouterr().err
+    # The limit reaches the pruner: a tiny one stops pruning with its one-line error.
+    _, ckpt, _, _ = exported
+    cfg_path = osp.join(osp.dirname(ckpt), 'stock.py')
+    with pytest.raises(ValueError, match=r'exceeded trace_time_limit=1e-06 s'):
+        prune_tool.main([cfg_path, ckpt, '--trace-time-limit', '1e-6', '--out', str(tmp_path / 'o')])
+    assert not (tmp_path / 'o').exists()

@@ -1,7 +1,7 @@
 """Prune the backbone of a trained mmdet / mmpose / mmpretrain model (no data needed).
 
     python tools/prune.py CONFIG CHECKPOINT --sparsity 0.5 [--layer-dependent] [--norm 1]
-        [--min-channels 1] [--round-to 8] [--input-size H W] --out DIR
+        [--min-channels 1] [--round-to 8] [--input-size H W] [--trace-time-limit 60] --out DIR
 
 Writes DIR/pruned.py (deploy config), DIR/pruned.pth (strict-loadable checkpoint) and
 DIR/pruned_channel_spec.json, and prints the teacher-vs-pruned profile table.
@@ -12,6 +12,10 @@ mmpose ``codec.input_size`` (W, H), else the test pipeline's crop / resize scale
 (their pipelines do not resize), else 224x224. The longer side is
 capped at 640 (aspect kept, multiples of 32) so CPU profiling stays short; pruning itself
 does not depend on the size.
+
+--trace-time-limit SECONDS bounds the pruner's dependency tracing, group search and channel
+removal (the pruner's ``trace_time_limit``, 60 s by default; ``none`` or 0 turns the limit
+off): past it the tool stops with a one-line error instead of hanging.
 """
 import argparse
 import os.path as osp
@@ -85,6 +89,19 @@ def default_input_size(cfg: Config):
     return int(h), int(w)
 
 
+def _time_limit(text: str):
+    """``--trace-time-limit``: seconds > 0, or ``none`` / 0 for no limit (None)."""
+    if text.strip().lower() in ('none', 'off'):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number of seconds (or none)') from None
+    if v != v or v < 0:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number of seconds >= 0 (or none)')
+    return None if v == 0 else v
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='stock mmdet/mmpose/mmpretrain config file or pkg::path')
@@ -96,6 +113,9 @@ def parse_args(argv=None):
     p.add_argument('--round-to', type=int, default=None, help='round kept counts up to a multiple')
     p.add_argument('--ignore', nargs='*', default=None, help='module name patterns left untouched')
     p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=None)
+    p.add_argument('--trace-time-limit', type=_time_limit, default=60.0, metavar='SECONDS',
+                   help='stop tracing / group search / channel removal after this long with an error '
+                        '(default 60; none or 0: no limit)')
     p.add_argument('--latency-runs', type=int, default=5, help='timed forwards per measurement')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
     p.add_argument('--name', default='pruned', help='file stem of the outputs')
@@ -107,7 +127,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
     pruner = L1FilterPruner(sparsity=args.sparsity, norm=args.norm, layer_dependent=args.layer_dependent,
-                            ignore=args.ignore, min_channels=args.min_channels, round_to=args.round_to)
+                            ignore=args.ignore, min_channels=args.min_channels, round_to=args.round_to,
+                            trace_time_limit=args.trace_time_limit)
     model = build_stock_model(cfg)
     ckpt = load_weights(model, args.checkpoint, 'checkpoint')
     model.eval()

@@ -1,9 +1,10 @@
 """Teacher vs pruned backbone: parameters, FLOPs, measured latency, per-stage channels.
 
-FLOPs are counted with ``torch_pruning.utils.count_ops_and_params`` (forward hooks on conv /
-linear / norm layers; it reports multiply-accumulates, shown as MACs). Latency is the median
-wall time of ``runs`` forwards of the same input after ``warmup`` forwards, in inference mode,
-on the backbone's device. ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) /
+FLOPs are counted by :func:`count_macs_params` (``torch_pruning.utils.count_ops_and_params``:
+forward hooks on conv / linear / norm / activation / pooling layers, subclasses included; it
+reports multiply-accumulates, shown as MACs). Latency is the median wall time of ``runs``
+forwards of the same input after ``warmup`` forwards, in inference mode, on the backbone's
+device. ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) /
 (MACs_teacher / MACs_pruned): 1.0 means the removed FLOPs turned fully into time.
 """
 import statistics
@@ -13,17 +14,47 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.utils import op_counter
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def _subclass_hooks(model: nn.Module) -> dict:
+    """{type: counter hook} for the layer types of ``model`` that are subclasses of a type
+    Torch-Pruning's counter knows but not such a type themselves (it matches ``type(m)``
+    exactly, so e.g. mmcv's ``Linear`` of transformer FFNs or the ``Conv2dAdaptivePadding`` of
+    EfficientNet would count 0 MACs); each gets the hook of its nearest known base class."""
+    known = op_counter.MODULES_MAPPING
+    extra = {}
+    for m in model.modules():
+        t = type(m)
+        if t in known or t in extra:
+            continue
+        base = next((b for b in t.__mro__[1:] if b in known), None)
+        if base is not None:
+            extra[t] = known[base]
+    return extra
+
+
 def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, int]:
-    """(MACs, params) of one forward of ``inputs`` (eval mode)."""
+    """(MACs, params) of one forward of ``inputs`` (eval mode).
+
+    ``torch_pruning.utils.count_ops_and_params`` with layers matched by ``isinstance``: a
+    subclass of a counted layer type (conv, linear, norm, activation, pooling ...) is counted
+    like its base class. A counted layer is counted once per call, as itself: the layers inside
+    it are not added again, so a conv subclass that wraps another conv counts once.
+    """
     was = backbone.training
     backbone.eval()
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(backbone, inputs)
-    backbone.train(was)
+    saved = op_counter.CUSTOM_MODULES_MAPPING
+    # count_ops_and_params reads this module global and resets it to {} when it is done.
+    op_counter.CUSTOM_MODULES_MAPPING = {**_subclass_hooks(backbone), **saved}
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(backbone, inputs)
+    finally:
+        op_counter.CUSTOM_MODULES_MAPPING = saved
+        backbone.train(was)
     return int(macs), int(params)
 
 
