@@ -12,8 +12,8 @@ dfbf = dict(
     pruner=dict(type='L1FilterPruner', sparsity=0.5, norm=1, layer_dependent=False),
     # CPU-sized: the `fast` schedule (no CE: a detector has no logits) after 100 steps on a
     # 4x-coarser image (smooth starts), inverting the whole detector (neck and head BN layers
-    # too). The detection preset cut to 250 steps left the images near noise (docs/
-    # benchmark_results.md: 0.80 mAP after fine-tuning, vs 8.70 with these at the same budget).
+    # too). The detection preset cut to 250 steps (backbone only) left the images near noise:
+    # 0.80 mAP after fine-tuning at s=0.5 (the first docs/benchmark_results.md).
     synthesizer=dict(type='DeepInversionSynthesizer', preset='fast', ce_weight=0,
                      half_res_iterations=0, iterations=200, init_std=0.2,
                      coarse_iterations=100, coarse_factor=4),
