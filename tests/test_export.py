@@ -160,3 +160,27 @@ def test_prune_tool_trace_time_limit_argument(exported, tmp_path, capsys):
     with pytest.raises(ValueError, match=r'exceeded trace_time_limit=1e-06 s'):
         prune_tool.main([cfg_path, ckpt, '--trace-time-limit', '1e-6', '--out', str(tmp_path / 'o')])
     assert not (tmp_path / 'o').exists()
+
+
+def test_latencies_are_measured_in_turns():
+    """measure_latencies alternates the models (one forward each per round) and restores modes."""
+    from torch import nn
+
+    from dfbf_mm.export import measure_latencies
+    order = []
+
+    class Tagged(nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+        def forward(self, x):
+            order.append(self.tag)
+            return x
+
+    a, b = Tagged('a'), Tagged('b')
+    b.train()
+    a.eval()
+    times = measure_latencies([a, b], torch.zeros(1), runs=3, warmup=1)
+    assert order == ['a', 'b'] * 4 and len(times) == 2 and all(t >= 0 for t in times)
+    assert not a.training and b.training

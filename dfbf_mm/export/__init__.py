@@ -1,6 +1,6 @@
 """Persist and measure a pruned model (see ARCHITECTURE.md, stage "export")."""
 from .exporter import deploy_config, export_pruned_model
-from .profile import count_macs_params, measure_latency, profile_backbones, stage_channels
+from .profile import count_macs_params, measure_latencies, measure_latency, profile_backbones, stage_channels
 
-__all__ = ['deploy_config', 'export_pruned_model', 'count_macs_params', 'measure_latency',
+__all__ = ['deploy_config', 'export_pruned_model', 'count_macs_params', 'measure_latencies', 'measure_latency',
            'profile_backbones', 'stage_channels']

@@ -4,7 +4,7 @@ FLOPs are counted by :func:`count_macs_params` (``torch_pruning.utils.count_ops_
 forward hooks on conv / linear / norm / activation / pooling layers, subclasses included; it
 reports multiply-accumulates, shown as MACs). Latency is the median wall time of ``runs``
 forwards of the same input after ``warmup`` forwards, in inference mode, on the backbone's
-device. ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) /
+device, teacher and pruned taking turns (one forward each per round). ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) /
 (MACs_teacher / MACs_pruned): 1.0 means the removed FLOPs turned fully into time.
 """
 import statistics
@@ -58,22 +58,37 @@ def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, i
     return int(macs), int(params)
 
 
+def measure_latencies(models: Sequence[nn.Module], inputs: torch.Tensor, runs: int = 5,
+                      warmup: int = 2) -> List[float]:
+    """Median seconds per forward of ``inputs`` for each model, after ``warmup`` untimed rounds.
+
+    The models take turns, one forward each per round, so drift of the machine (other load,
+    clocks, caches) hits all of them alike instead of biasing whichever is measured later.
+    """
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
+    times = [[] for _ in models]
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + runs):
+                for k, m in enumerate(models):
+                    sync()
+                    t = time.perf_counter()
+                    m(inputs)
+                    sync()
+                    if i >= warmup:
+                        times[k].append(time.perf_counter() - t)
+    finally:
+        for m, w in zip(models, was):
+            m.train(w)
+    return [statistics.median(t) for t in times]
+
+
 def measure_latency(backbone: nn.Module, inputs: torch.Tensor, runs: int = 5, warmup: int = 2) -> float:
     """Median seconds per forward of ``inputs`` after ``warmup`` untimed forwards."""
-    was = backbone.training
-    backbone.eval()
-    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            sync()
-            t = time.perf_counter()
-            backbone(inputs)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-    backbone.train(was)
-    return statistics.median(times)
+    return measure_latencies([backbone], inputs, runs, warmup)[0]
 
 
 def stage_channels(backbone: nn.Module) -> Dict[str, int]:
@@ -122,8 +137,7 @@ def profile_backbones(teacher: nn.Module, pruned: nn.Module, input_size: Sequenc
                      teacher=macs_t, pruned=macs_p, ratio=macs_p / macs_t))
     for b in batch_sizes:
         xb = torch.randn(b, in_channels, *input_size, generator=g).to(device)
-        lt = measure_latency(teacher, xb, runs, warmup)
-        lp = measure_latency(pruned, xb, runs, warmup)
+        lt, lp = measure_latencies([teacher, pruned], xb, runs, warmup)
         rows.append(dict(metric=f'latency ms (batch {b}, {device.type})', teacher=lt * 1e3,
                          pruned=lp * 1e3, ratio=lp / lt))
         rows.append(dict(metric=f'speed-up / FLOPs-ratio (batch {b})', teacher=None,
