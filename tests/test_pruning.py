@@ -6,27 +6,14 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.registry import init_default_scope
 
 from dfbf_mm.pruning import (L1FilterPruner, apply_channel_spec, kept_channels,
                              layer_dependent_ratio)
-from dfbf_mm.registry import MODELS, PRUNERS
+from dfbf_mm.registry import PRUNERS
+
+from backbones import build, outs  # tests/backbones.py
 
 
-def build(scope, cfg):
-    init_default_scope(scope)
-    __import__(scope + '.models')
-    torch.manual_seed(0)
-    m = MODELS.build(copy.deepcopy(cfg))
-    m.eval()  # some backbones' train() returns None
-    return m
-
-
-def outs(backbone, x):
-    with torch.no_grad():
-        backbone.eval()
-        o = backbone(x)
-    return [o] if isinstance(o, torch.Tensor) else list(o)
 
 
 def nparams(m):

@@ -7,28 +7,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from mmengine.registry import init_default_scope
 
-from dfbf_mm.pruning import L1FilterPruner, flatten_outputs
+from dfbf_mm.pruning import L1FilterPruner
 from dfbf_mm.pruning.channel_groups import SentinelWrapper
 from dfbf_mm.pruning.group_search import (Deadline, TraceTimeLimitError, all_groups,
                                           tolerant_index_mapping)
 from dfbf_mm.registry import MODELS
 
-
-def build(scope, cfg):
-    init_default_scope(scope)
-    __import__(scope + '.models')
-    torch.manual_seed(0)
-    m = MODELS.build(copy.deepcopy(cfg))
-    m.eval()
-    return m
+from backbones import build, outs  # tests/backbones.py
 
 
-def outs(backbone, x):
-    with torch.no_grad():
-        backbone.eval()
-        return flatten_outputs(backbone(x))
 
 
 def zeroed_stock_equals_pruned(stock, pruned, x):

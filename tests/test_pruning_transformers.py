@@ -6,10 +6,11 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.registry import init_default_scope
 
-from dfbf_mm.pruning import L1FilterPruner, flatten_outputs
+from dfbf_mm.pruning import L1FilterPruner
 from dfbf_mm.registry import MODELS
+
+from backbones import build, outs  # tests/backbones.py
 
 CASES = {
     'mmpretrain-ViT': ('mmpretrain', dict(
@@ -24,19 +25,6 @@ CASES = {
 }
 
 
-def build(scope, cfg):
-    init_default_scope(scope)
-    __import__(scope + '.models')
-    torch.manual_seed(0)
-    m = MODELS.build(copy.deepcopy(cfg))
-    m.eval()
-    return m
-
-
-def outs(backbone, x):
-    with torch.no_grad():
-        backbone.eval()
-        return flatten_outputs(backbone(x))
 
 
 @pytest.mark.parametrize('case', list(CASES))

@@ -303,7 +303,7 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
             elif dep.target in linear_flatten:
                 via_flatten = True
-            elif isinstance(m, _UNSAFE_OPS) or is_permuting_op(m) or getattr(m, UNMAPPED, False):
+            elif dep.target in barriers:
                 reason = _barrier_reason(dep.target)
             elif keep_residual and _is_residual_add(m, graph):
                 reason = reason or 'is a residual stream (summed with another feature map)'

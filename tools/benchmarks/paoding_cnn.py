@@ -148,25 +148,10 @@ def backbone_params(model) -> int:
 def finetune(method, ratio, input_range, args, expected_student):
     """Prune + DFBF fine-tune with DataFreeDistillRunner; evaluate the exported model."""
     from mmengine.config import Config
-    from mmengine.hooks import Hook
     from mmengine.runner import load_checkpoint
     from dfbf_mm.engine import DataFreeDistillRunner
     from dfbf_mm.stock_model import build_stock_model
-
-    class Timer(Hook):
-        priority = 'LOWEST'
-
-        def __init__(self):
-            self.train_s, self.val = 0.0, None
-
-        def before_train_epoch(self, runner):
-            self._t = time.perf_counter()
-
-        def after_train_epoch(self, runner):
-            self.train_s += time.perf_counter() - self._t
-
-        def after_val_epoch(self, runner, metrics=None):
-            self.val = dict(metrics or {})
+    from run import make_bench_hook  # tools/benchmarks/run.py
 
     cfg = load_config(args.data)
     dfbf = cfg.dfbf.to_dict()
@@ -186,7 +171,7 @@ def finetune(method, ratio, input_range, args, expected_student):
     if not same:
         raise RuntimeError(f'{method} r={ratio}: the runner pruned a different student than the '
                            'stand-alone pruner (non-determinism?)')
-    timer = Timer()
+    timer = make_bench_hook()  # fine-tuning wall time and the last val metrics
     runner.register_hook(timer)
     runner.train()
     paths = runner.message_hub.get_info('dfbf_export')
@@ -195,7 +180,7 @@ def finetune(method, ratio, input_range, args, expected_student):
     load_checkpoint(model, deploy.load_from, map_location='cpu', strict=True, logger='silent')
     top1 = stock_test(paths['config'], paths['checkpoint'], osp.join(cfg.work_dir, 'stock_test'))
     return model, dict(finetune_s=timer.train_s, wall_s=time.perf_counter() - start,
-                       runner_val_accuracy=float(timer.val['accuracy/top1']) if timer.val else None,
+                       runner_val_accuracy=float(timer.metrics['accuracy/top1']) if timer.metrics else None,
                        stock_test_accuracy=top1, export=osp.relpath(paths['config'], REPO))
 
 
