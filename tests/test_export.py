@@ -98,6 +98,26 @@ def test_profile_rows(exported):
     assert 'speed-up / FLOPs-ratio (batch 1)' in by and table.count('\n') == len(rows) + 1
 
 
+def test_profile_compiled_rows_and_compile_failure(exported):
+    """compile_options adds the latency rows of the compiled backbones (the 'eager' backend
+    here: the wiring, without Inductor's minutes of compiling); a backend that fails leaves the
+    eager rows and one row that says why."""
+    cfg, _, _, paths = exported
+    teacher = build_stock_model(cfg).backbone
+    _, model = _build_deploy(paths['config'])
+    rows, _ = profile_backbones(teacher, model.backbone, (32, 32), batch_sizes=(1, 2), runs=1, warmup=1,
+                                compile_options=dict(backend='eager'))
+    by = {r['metric']: r for r in rows}
+    for b in (1, 2):
+        assert by[f'latency ms (batch {b}, cpu, compiled)']['pruned'] > 0
+        assert by[f'speed-up / FLOPs-ratio (batch {b}, compiled)']['pruned'] > 0
+    rows, table = profile_backbones(teacher, model.backbone, (32, 32), batch_sizes=(1,), runs=1, warmup=1,
+                                    compile_options=dict(backend='no_such_backend'))
+    assert 'latency ms (batch 1, cpu)' in {r['metric'] for r in rows}
+    assert rows[-1]['metric'] == 'compiled latency' and 'not measured: torch.compile failed' in rows[-1]['note']
+    assert table.splitlines()[-1].startswith('| compiled latency | not measured')
+
+
 def test_default_input_size_from_configs():
     assert prune_tool.default_input_size(get_config(STOCK)) == (32, 32)
     assert prune_tool.default_input_size(get_config('mmdet::yolox/yolox_s_8xb8-300e_coco.py')) == (640, 640)

@@ -1,11 +1,13 @@
 """Pruning time and what real channel removal buys in CPU latency (issue 3).
 
-    python tools/benchmarks/pruning_speed.py [--sparsity 0.5] [--out docs/pruning_speed.md]
+    python tools/benchmarks/pruning_speed.py [--sparsity 0.5] [--runs 15] [--no-compile]
+        [--out docs/pruning_speed.md]
 
 For mmdet's ResNet-50 (224 px) and CSPDarknet of YOLOX-s (320 px), randomly initialised (the
 cost does not depend on the values): seconds to prune with L1FilterPruner, then the profile
 table of teacher vs pruned backbone (params, MACs, median CPU latency at batch 1 and 8, and the
-latency speed-up divided by the FLOPs ratio: 1.0 would turn every removed FLOP into time).
+latency speed-up divided by the FLOPs ratio: 1.0 would turn every removed FLOP into time),
+eager and -- unless --no-compile -- under torch.compile (Inductor, frozen weights).
 """
 import argparse
 import copy
@@ -27,12 +29,15 @@ BACKBONES = [
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sparsity', type=float, default=0.5)
-    parser.add_argument('--runs', type=int, default=7)
+    parser.add_argument('--runs', type=int, default=15)
+    parser.add_argument('--no-compile', action='store_true', help='eager latency only')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     enter_scope('mmdet')
-    lines = [f'Produced by `python tools/benchmarks/pruning_speed.py --sparsity {args.sparsity}` on '
-             f'{torch.get_num_threads()} CPU thread(s); uniform sparsity, random weights.', '']
+    flags = f'--sparsity {args.sparsity} --runs {args.runs}' + (' --no-compile' if args.no_compile else '')
+    lines = [f'Produced by `python tools/benchmarks/pruning_speed.py {flags}` on '
+             f'{torch.get_num_threads()} CPU thread(s); uniform sparsity, random weights. Latency: median '
+             f'of {args.runs} forwards per model, teacher and pruned in turns.', '']
     for name, cfg, size in BACKBONES:
         torch.manual_seed(0)
         teacher = MODELS.build(cfg)
@@ -43,7 +48,8 @@ def main():
             student, torch.randn(1, 3, size, size))
         seconds = time.perf_counter() - start
         student.eval()
-        _, table = profile_backbones(teacher, student, (size, size), runs=args.runs)
+        _, table = profile_backbones(teacher, student, (size, size), runs=args.runs,
+                                     compile_options=None if args.no_compile else {})
         lines += [f'## {name}, {size}x{size}: pruned in {seconds:.1f} s', '', table, '']
     text = '\n'.join(lines)
     print(text)
