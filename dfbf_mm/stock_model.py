@@ -75,15 +75,23 @@ def load_weights(model: torch.nn.Module, checkpoint: str, field: str = 'checkpoi
     return ckpt
 
 
+def state_dict_diff(state: dict, own: dict) -> Tuple[list, list, list]:
+    """``(shape_mismatch, missing, unexpected)`` keys of ``state`` against the reference ``own``:
+    keys in both whose shapes differ, keys of ``own`` that ``state`` lacks (BN
+    ``num_batches_tracked`` counters excepted) and keys of ``state`` that ``own`` lacks."""
+    shape_mismatch = [k for k, v in state.items()
+                      if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state if k not in own]
+    return shape_mismatch, missing, unexpected
+
+
 def check_state_dict_fits(model: torch.nn.Module, state: dict, field: str, source: str,
                           strict: bool = True) -> None:
     """Raise one line when ``state`` is not a checkpoint of ``model``'s architecture."""
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     own = model.state_dict()
-    shape_mismatch = [k for k, v in state.items()
-                      if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state if k not in own]
+    shape_mismatch, missing, unexpected = state_dict_diff(state, own)
     if shape_mismatch:
         k = shape_mismatch[0]
         raise ValueError(

@@ -106,20 +106,20 @@ def _check_model_fits(model: nn.Module, spec: dict) -> None:
 
 def _check_rebuild(cfg: Config, spec: dict, model: nn.Module) -> None:
     """Build the deploy model in memory; its state dict must match ``model``'s key for key."""
-    from ..stock_model import build_stock_model
+    from ..stock_model import build_stock_model, state_dict_diff
     cfg = copy.deepcopy(cfg)
     cfg.model.backbone.channel_spec = spec
     rebuilt = build_stock_model(cfg).state_dict()
     own = model.state_dict()
-    for k, v in own.items():
-        if k not in rebuilt:
-            raise ValueError(f'model: {k} is not rebuilt by the deploy config (a module the stock '
-                             'config does not build, e.g. a BN folded away?)')
-        if tuple(v.shape) != tuple(rebuilt[k].shape):
-            raise ValueError(f'model: {k} is {tuple(v.shape)} but {tuple(rebuilt[k].shape)} when rebuilt '
-                             'from the deploy config (only model.backbone, via the channel spec, and '
-                             f'the hidden widths of {", ".join(HIDDEN_WIDTH_HEADS)} are rewritten)')
-    extra = [k for k in rebuilt if k not in own]
+    shape_mismatch, extra, not_rebuilt = state_dict_diff(own, rebuilt)
+    if not_rebuilt:
+        raise ValueError(f'model: {not_rebuilt[0]} is not rebuilt by the deploy config (a module the stock '
+                         'config does not build, e.g. a BN folded away?)')
+    if shape_mismatch:
+        k = shape_mismatch[0]
+        raise ValueError(f'model: {k} is {tuple(own[k].shape)} but {tuple(rebuilt[k].shape)} when rebuilt '
+                         'from the deploy config (only model.backbone, via the channel spec, and '
+                         f'the hidden widths of {", ".join(HIDDEN_WIDTH_HEADS)} are rewritten)')
     if extra:
         raise ValueError(f'model: the deploy config builds {extra[0]}, which the pruned model lacks '
                          f'({len(extra)} such tensors)')
