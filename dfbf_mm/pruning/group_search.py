@@ -21,7 +21,6 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Collection, Iterator, Optional, Sequence
 
-import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import _helpers, ops
@@ -81,9 +80,7 @@ def update_index_mapping(graph: tp.DependencyGraph, skip: Collection = ()) -> No
     reshape ones is what makes Torch-Pruning spend seconds per group on LiteHRNet)."""
     updates = {ops.OPTYPE.CONCAT: 'update_concat_index_mapping', ops.OPTYPE.SPLIT: 'update_split_index_mapping',
                ops.OPTYPE.RESHAPE: 'update_reshape_index_mapping', ops.OPTYPE.UNBIND: 'update_unbind_index_mapping',
-               ops.OPTYPE.SLICE: 'update_slice_index_mapping'}
-    if torch.__version__ >= '1.8':
-        updates[ops.OPTYPE.EXPAND] = 'update_expand_index_mapping'
+               ops.OPTYPE.SLICE: 'update_slice_index_mapping', ops.OPTYPE.EXPAND: 'update_expand_index_mapping'}
     with tolerant_index_mapping():
         for node in list(graph.module2node.values()):
             name = updates.get(node.type)
