@@ -2,7 +2,7 @@
 
     python tools/prune.py CONFIG CHECKPOINT --sparsity 0.5 [--layer-dependent] [--norm 1]
         [--min-channels 1] [--round-to 8] [--input-size H W] [--trace-time-limit 60] [--compile]
-        --out DIR
+        [--onnx] --out DIR
 
 Writes DIR/pruned.py (deploy config), DIR/pruned.pth (strict-loadable checkpoint) and
 DIR/pruned_channel_spec.json, and prints the teacher-vs-pruned profile table.
@@ -22,6 +22,11 @@ off): past it the tool stops with a one-line error instead of hanging.
 (``torch.compile``, Inductor, frozen weights; compiling takes a minute or two on CPU and needs a
 C++ compiler). Eager batch-1 CPU latency keeps per-op costs that pruning cannot remove, so the
 compiled rows show better what the removed FLOPs buy in a deployed model.
+
+--onnx also writes DIR/pruned.onnx (the whole pruned model in tensor mode: raw head outputs,
+no data preprocessor) or, where the whole model does not export, DIR/pruned_backbone.onnx,
+checks it in onnxruntime against PyTorch (see dfbf_mm/export/onnx.py for the tolerance), prints
+the max abs difference, and adds onnxruntime CPU latency rows for both backbones to the table.
 """
 import argparse
 import os.path as osp
@@ -126,6 +131,9 @@ def parse_args(argv=None):
     p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
     p.add_argument('--compile', action='store_true',
                    help='also time both backbones under torch.compile (Inductor, frozen weights)')
+    p.add_argument('--onnx', action='store_true',
+                   help='also export DIR/NAME.onnx (or NAME_backbone.onnx), check it in onnxruntime '
+                        'and time both backbones there')
     p.add_argument('--name', default='pruned', help='file stem of the outputs')
     p.add_argument('--out', required=True, help='output folder')
     return p.parse_args(argv)
@@ -161,10 +169,18 @@ def main(argv=None):
     if isinstance(src_meta, dict) and 'dataset_meta' in src_meta:
         meta['dataset_meta'] = src_meta['dataset_meta']
     paths = export_pruned_model(model, cfg, spec, args.out, meta=meta, name=args.name)
+    if args.onnx:
+        from dfbf_mm.export.onnx import ONNX_TOL, export_checked
+        paths['onnx'], what, diff, why = export_checked(model, backbone, x, args.out, args.name)
+        if why:
+            print(f'onnx: the whole model did not export ({why}); exported the backbone')
+        print(f'onnx: {what} matches PyTorch in onnxruntime, max abs diff {diff:.2e} '
+              f'(tolerance {ONNX_TOL:g} x max(1, max |output|))')
     for k, v in paths.items():
         print(f'{k}: {v}')
     _, table = profile_backbones(teacher, backbone, (h, w), batch_sizes=args.batch_sizes,
-                                 runs=args.latency_runs, compile_options={} if args.compile else None)
+                                 runs=args.latency_runs, compile_options={} if args.compile else None,
+                                 onnx=args.onnx)
     print(table)
     return paths
 

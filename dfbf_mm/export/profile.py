@@ -4,20 +4,30 @@ FLOPs are counted by :func:`count_macs_params` (``torch_pruning.utils.count_ops_
 forward hooks on conv / linear / norm / activation / pooling layers, subclasses included; it
 reports multiply-accumulates, shown as MACs). Latency is the median wall time of ``runs``
 forwards of the same input after ``warmup`` forwards, in inference mode, on the backbone's
-device, teacher and pruned taking turns (one forward each per round). ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) /
-(MACs_teacher / MACs_pruned): 1.0 means the removed FLOPs turned fully into time.
+device, teacher and pruned taking turns (one forward each per round).
+``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) / (MACs_teacher / MACs_pruned): 1.0 means
+the removed FLOPs turned fully into time.
 
 Eager PyTorch at batch 1 on CPU pays a fixed cost per op (dispatch, oneDNN layout changes,
 element-wise BN / activation passes over the unpruned input and output widths) that pruning
 does not remove, so the ratio is lower there than for a deployed model. ``compile_options``
 additionally times both backbones as PyTorch 2 deploys them: ``torch.compile`` (Inductor) with
 weight freezing, one static graph per batch size; compilation happens in the untimed warm-up.
+``onnx`` times both exported to ONNX and run by onnxruntime on the CPU, with as many threads as
+PyTorch uses.
+
+Load: the table header names the machine (CPU model, CPUs, threads), and a latency row whose
+repeated timings spread more than ``SPREAD_BOUND`` (20 %, as (p90 - p10) / median) is marked as
+measured on a loaded machine, with a note under the table.
 """
 import contextlib
+import os
+import platform
 import statistics
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -65,31 +75,52 @@ def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, i
     return int(macs), int(params)
 
 
-def measure_latencies(models: Sequence[nn.Module], inputs: torch.Tensor, runs: int = 5,
-                      warmup: int = 2) -> List[float]:
-    """Median seconds per forward of ``inputs`` for each model, after ``warmup`` untimed rounds.
+SPREAD_BOUND = 0.2
 
-    The models take turns, one forward each per round, so drift of the machine (other load,
-    clocks, caches) hits all of them alike instead of biasing whichever is measured later.
-    """
+
+def time_in_turns(fns: Sequence[Callable[[], object]], runs: int = 5, warmup: int = 2,
+                  sync: Callable[[], None] = lambda: None) -> List[List[float]]:
+    """Seconds of each of ``runs`` calls of every function in ``fns``, after ``warmup`` untimed
+    rounds. The functions take turns, one call each per round, so drift of the machine (other
+    load, clocks, caches) hits all of them alike instead of biasing whichever runs later."""
+    times = [[] for _ in fns]
+    for i in range(warmup + runs):
+        for k, fn in enumerate(fns):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
+def timing_spread(times: Sequence[float]) -> float:
+    """(p90 - p10) / median of repeated timings (0 for fewer than 2): how much the machine moved
+    while measuring; above ``SPREAD_BOUND`` the profile table flags the row."""
+    if len(times) < 2:
+        return 0.0
+    p10, p50, p90 = np.percentile(np.asarray(times, dtype=float), [10, 50, 90])
+    return float((p90 - p10) / p50) if p50 > 0 else 0.0
+
+
+def measure_latencies(models: Sequence[nn.Module], inputs: torch.Tensor, runs: int = 5,
+                      warmup: int = 2, spreads: Optional[list] = None) -> List[float]:
+    """Median seconds per forward of ``inputs`` for each model (in inference mode), measured in
+    turns by :func:`time_in_turns`; ``spreads``, a list, receives each model's
+    :func:`timing_spread`."""
     was = [m.training for m in models]
     for m in models:
         m.eval()
     sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
-    times = [[] for _ in models]
     try:
         with torch.inference_mode():
-            for i in range(warmup + runs):
-                for k, m in enumerate(models):
-                    sync()
-                    t = time.perf_counter()
-                    m(inputs)
-                    sync()
-                    if i >= warmup:
-                        times[k].append(time.perf_counter() - t)
+            times = time_in_turns([lambda m=m: m(inputs) for m in models], runs, warmup, sync)
     finally:
         for m, w in zip(models, was):
             m.train(w)
+    if spreads is not None:
+        spreads.extend(timing_spread(t) for t in times)
     return [statistics.median(t) for t in times]
 
 
@@ -133,17 +164,45 @@ def _fmt(v: float) -> str:
     return f'{v:g}'
 
 
+def machine_description(device: torch.device = torch.device('cpu')) -> str:
+    """CPU model (``/proc/cpuinfo``, else ``platform``), its logical CPUs, PyTorch's threads and,
+    for a CUDA device, the GPU: the line that says where a profile's latencies come from."""
+    cpu = ''
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), '')
+    except OSError:
+        pass
+    text = f'{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, ' \
+           f'torch {torch.get_num_threads()} threads'
+    if device.type == 'cuda':
+        text += f', {torch.cuda.get_device_name(device)}'
+    return text
+
+
+def _reason(e: Exception) -> str:
+    return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}'
+
+
 def profile_backbones(teacher: nn.Module, pruned: nn.Module, input_size: Sequence[int],
                       batch_sizes: Sequence[int] = (1, 8), runs: int = 5, warmup: int = 2,
                       in_channels: int = 3, seed: int = 0,
-                      compile_options: Optional[dict] = None) -> Tuple[List[dict], str]:
+                      compile_options: Optional[dict] = None, onnx: bool = False,
+                      spread_bound: float = SPREAD_BOUND) -> Tuple[List[dict], str]:
     """Compare ``teacher`` and ``pruned``; returns (rows, markdown table).
 
     Each row: ``dict(metric, teacher, pruned, ratio)`` with ratio = pruned / teacher (for the
     speed-up / FLOPs-ratio rows, the value itself in ``pruned``). ``compile_options`` (a dict of
     ``torch.compile`` arguments, ``{}`` for the defaults) adds the same latency rows for the
     compiled backbones, marked ``compiled``; if compiling fails (e.g. no C++ compiler for
-    Inductor) one row says why and the eager rows stand.
+    Inductor) one row says why and the eager rows stand. ``onnx`` adds them for both exported
+    to ONNX and run in onnxruntime on the CPU (:mod:`dfbf_mm.export.onnx`), after a row with
+    the max abs difference of its outputs to PyTorch's; a failing export or mismatch leaves one
+    ``not measured`` row instead.
+
+    Load: latency rows carry ``spread`` (the larger :func:`timing_spread` of the two); the table
+    header names the machine, and a row whose spread exceeds ``spread_bound`` is marked, with a
+    note under the table, since its timings moved while it was measured (other load).
     """
     if len(input_size) != 2 or any(int(s) < 1 for s in input_size):
         raise ValueError(f'input_size: {input_size!r} is not (H, W)')
@@ -162,14 +221,18 @@ def profile_backbones(teacher: nn.Module, pruned: nn.Module, input_size: Sequenc
                      teacher=macs_t, pruned=macs_p, ratio=macs_p / macs_t))
     inputs = [torch.randn(b, in_channels, *input_size, generator=g).to(device) for b in batch_sizes]
 
+    def add_latency(b, mark, where, lt, lp, spreads):
+        rows.append(dict(metric=f'latency ms (batch {b}, {where}{mark})', teacher=lt * 1e3,
+                         pruned=lp * 1e3, ratio=lp / lt, spread=max(spreads)))
+        rows.append(dict(metric=f'speed-up / FLOPs-ratio (batch {b}{mark})', teacher=None,
+                         pruned=(lt / lp) / (macs_t / macs_p), ratio=None))
+
     def latency_rows(models, mark, timing_context):
         with timing_context:
             for b, xb in zip(batch_sizes, inputs):
-                lt, lp = measure_latencies(models, xb, runs, warmup)
-                rows.append(dict(metric=f'latency ms (batch {b}, {device.type}{mark})', teacher=lt * 1e3,
-                                 pruned=lp * 1e3, ratio=lp / lt))
-                rows.append(dict(metric=f'speed-up / FLOPs-ratio (batch {b}{mark})', teacher=None,
-                                 pruned=(lt / lp) / (macs_t / macs_p), ratio=None))
+                spreads = []
+                lt, lp = measure_latencies(models, xb, runs, warmup, spreads)
+                add_latency(b, mark, device.type, lt, lp, spreads)
 
     latency_rows([teacher, pruned], '', contextlib.nullcontext())
     if compile_options is not None:
@@ -177,15 +240,45 @@ def profile_backbones(teacher: nn.Module, pruned: nn.Module, input_size: Sequenc
             latency_rows([compile_for_inference(m, **compile_options) for m in (teacher, pruned)],
                          ', compiled', inference_config(compile_options))
         except Exception as e:  # noqa: BLE001 -- any backend failure: keep the eager rows
-            first = (str(e).strip().splitlines() or [''])[0][:200]
             rows.append(dict(metric='compiled latency', teacher=None, pruned=None, ratio=None,
-                             note=f'not measured: torch.compile failed ({type(e).__name__}: {first})'))
-    lines = ['| metric | teacher | pruned | pruned/teacher |', '|---|---|---|---|']
-    for r in rows:
-        if 'note' in r:
-            lines.append(f'| {r["metric"]} | {r["note"]} | | |')
-        elif r['teacher'] is None:
-            lines.append(f'| {r["metric"]} | | {r["pruned"]:.3f} | |')
+                             note=f'not measured: torch.compile failed ({_reason(e)})'))
+    if onnx:
+        from .onnx import ONNX_TOL, compare_onnx, onnx_runner, onnx_sessions
+        try:
+            sessions = onnx_sessions((teacher, pruned), x1)
+            diffs = [max(compare_onnx(m, s, xb) for xb in inputs) for m, s in zip((teacher, pruned), sessions)]
+        except Exception as e:  # noqa: BLE001 -- exporter / onnxruntime failure: keep the other rows
+            rows.append(dict(metric='onnxruntime latency', teacher=None, pruned=None, ratio=None,
+                             note=f'not measured: ONNX export or check failed ({_reason(e)})'))
         else:
-            lines.append(f'| {r["metric"]} | {_fmt(r["teacher"])} | {_fmt(r["pruned"])} | {r["ratio"]:.3f} |')
-    return rows, '\n'.join(lines)
+            rows.append(dict(metric=f'onnxruntime max abs diff vs PyTorch (tol {ONNX_TOL:g} x scale)',
+                             teacher=diffs[0], pruned=diffs[1], ratio=None, fmt='.1e'))
+            for b, xb in zip(batch_sizes, inputs):
+                times = time_in_turns([onnx_runner(s, xb) for s in sessions], runs, warmup)
+                lt, lp = (statistics.median(t) for t in times)
+                add_latency(b, ', onnxruntime', 'cpu', lt, lp, [timing_spread(t) for t in times])
+    return rows, format_profile(rows, machine_description(device), spread_bound)
+
+
+def format_profile(rows: List[dict], machine: str, spread_bound: float = SPREAD_BOUND) -> str:
+    """The markdown table of :func:`profile_backbones`' rows (see there)."""
+    lines = [f'| metric (on {machine}) | teacher | pruned | pruned/teacher |', '|---|---|---|---|']
+    noisy = []
+    for r in rows:
+        metric = r['metric']
+        if r.get('spread', 0) > spread_bound:
+            noisy.append(r)
+            metric += f' (spread {r["spread"] * 100:.0f} %: loaded)'
+        if 'note' in r:
+            lines.append(f'| {metric} | {r["note"]} | | |')
+        elif r['teacher'] is None:
+            lines.append(f'| {metric} | | {r["pruned"]:.3f} | |')
+        elif 'fmt' in r:
+            lines.append(f'| {metric} | {r["teacher"]:{r["fmt"]}} | {r["pruned"]:{r["fmt"]}} | |')
+        else:
+            lines.append(f'| {metric} | {_fmt(r["teacher"])} | {_fmt(r["pruned"])} | {r["ratio"]:.3f} |')
+    if noisy:
+        lines.append(f'\nnote: {len(noisy)} latency row(s) marked "loaded": their repeated timings spread more '
+                     f'than {spread_bound * 100:.0f} % ((p90 - p10) / median), so the machine was busy while they were '
+                     f'measured; take them as rough.')
+    return '\n'.join(lines)

@@ -2,7 +2,9 @@
 
 Writes ``<work_dir>/export/``: the deploy config (the stock config with ``model.backbone``
 replaced by ``PrunedBackbone``), the pruned checkpoint and the channel spec — evaluable with the
-stock ``tools/test.py`` — plus a params/FLOPs/CPU-latency table of teacher vs student.
+stock ``tools/test.py`` — plus a params/FLOPs/CPU-latency table of teacher vs student, and with
+``onnx=True`` the student as ONNX (``<name>.onnx``, the whole model in tensor mode, or
+``<name>_backbone.onnx`` where the whole model does not export), checked in onnxruntime.
 """
 import os.path as osp
 
@@ -21,14 +23,17 @@ class ExportHook(Hook):
         out_dir: folder under the work dir.
         name: file stem of the exported config/checkpoint/spec.
         profile: measure params, FLOPs and CPU latency of teacher vs student backbone.
+        onnx: also export the student to ONNX, check it in onnxruntime against PyTorch
+            (:mod:`dfbf_mm.export.onnx`) and add onnxruntime latency rows to the profile.
     """
 
     priority = 'LOW'
 
-    def __init__(self, out_dir: str = 'export', name: str = 'pruned', profile: bool = True):
+    def __init__(self, out_dir: str = 'export', name: str = 'pruned', profile: bool = True, onnx: bool = False):
         self.out_dir = out_dir
         self.name = name
         self.profile = profile
+        self.onnx = onnx
 
     def after_train(self, runner) -> None:
         if not is_main_process():
@@ -42,9 +47,17 @@ class ExportHook(Hook):
                                     out_dir, meta=dict(dfbf_taps=model.taps), name=self.name)
         runner.message_hub.update_info('dfbf_export', paths)
         runner.logger.info(f'exported the pruned model: {paths}')
+        size = runner.cfg.model['input_size']
+        if self.onnx:
+            import torch
+            from ...export.onnx import export_checked
+            x = torch.randn(1, 3, *size, device=next(model.student.parameters()).device)
+            path, what, diff, why = export_checked(model.student, model.student.backbone, x, out_dir, self.name)
+            paths['onnx'] = path
+            runner.logger.info(f'ONNX ({what}): {path}, max abs diff to PyTorch {diff:.2e}'
+                               + (f' (the whole model did not export: {why})' if why else ''))
         if self.profile:
-            size = runner.cfg.model['input_size']
-            rows, table = profile_backbones(model.teacher.backbone, model.student.backbone, size)
+            rows, table = profile_backbones(model.teacher.backbone, model.student.backbone, size, onnx=self.onnx)
             runner.message_hub.update_info('dfbf_profile', rows)
             runner.logger.info('teacher vs student backbone\n' + table)
             with open(osp.join(out_dir, 'profile.md'), 'w') as f:
