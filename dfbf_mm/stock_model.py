@@ -3,11 +3,12 @@
 Everything in dfbf_mm starts from a stock mmdet / mmpose / mmpretrain config and a checkpoint;
 these helpers are the one place that turns them into a model and says clearly what is wrong.
 """
+import copy
 import os.path as osp
 from typing import Tuple
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 from mmengine.registry import DefaultScope, init_default_scope
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
@@ -48,18 +49,24 @@ def stock_model_cfg(cfg: Config) -> dict:
     return model
 
 
+def build_model(model_cfg: dict) -> torch.nn.Module:
+    """``MODELS.build`` of a model config as the stock tools build it: from a ``ConfigDict``.
+
+    Stock models read nested options as attributes (mmdet's ``TwoStageDetector`` takes
+    ``train_cfg.rpn``), which a plain dict does not have.
+    """
+    return MODELS.build(ConfigDict(copy.deepcopy(model_cfg)))
+
+
 def build_stock_model(cfg: Config) -> torch.nn.Module:
     """Build the model of a stock config from the registry of its package."""
     enter_scope(config_scope(cfg))
-    return MODELS.build(stock_model_cfg(cfg))
+    return build_model(stock_model_cfg(cfg))
 
 
-def load_weights(model: torch.nn.Module, checkpoint: str, field: str = 'checkpoint',
-                 strict: bool = True) -> dict:
-    """Load ``checkpoint`` into ``model``; mismatches raise one line naming ``field``.
-
-    Returns the loaded checkpoint dict (its ``meta`` may carry a channel spec).
-    """
+def read_checkpoint(checkpoint: str, field: str = 'checkpoint') -> Tuple[dict, dict]:
+    """``(checkpoint dict, its state_dict)`` of the file ``checkpoint``, or one line naming
+    ``field`` (missing, unreadable or truncated file, no state dict)."""
     if not checkpoint or not osp.isfile(checkpoint):
         raise FileNotFoundError(f'{field}: file not found: {checkpoint!r}')
     try:
@@ -70,6 +77,16 @@ def load_weights(model: torch.nn.Module, checkpoint: str, field: str = 'checkpoi
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{field}: {checkpoint!r} holds no state_dict')
+    return ckpt, state
+
+
+def load_weights(model: torch.nn.Module, checkpoint: str, field: str = 'checkpoint',
+                 strict: bool = True) -> dict:
+    """Load ``checkpoint`` into ``model``; mismatches raise one line naming ``field``.
+
+    Returns the loaded checkpoint dict (its ``meta`` may carry a channel spec).
+    """
+    ckpt, state = read_checkpoint(checkpoint, field)
     check_state_dict_fits(model, state, field, checkpoint, strict)
     _load_checkpoint_to_model(model, ckpt, strict=False)
     return ckpt

@@ -174,6 +174,17 @@ def test_bad_arguments(tmp_path, teacher):
         make(tmp_path).prepare(teacher, 'segmentation')
 
 
+def test_fewer_images_than_a_batch_synthesise_only_those(tmp_path, teacher):
+    few = make(tmp_path, num_images=3, batch_size=64)
+    assert (few.batch_size, few.num_batches) == (3, 1)
+    few.prepare(teacher, 'classification', progress=False)
+    assert few.cache.load(0, few._shape)['images'].shape[0] == 3 and len(few) == 3
+    assert make(tmp_path, num_images=1, batch_size=8).batch_size == 2  # BN statistics need 2
+    # num_images >= batch_size: the batches (and so the cache key) are as before
+    full = make(tmp_path, num_images=7, batch_size=2)
+    assert (full.batch_size, full.num_batches) == (2, 4)
+
+
 def test_synthesize_tool_writes_pngs_that_read_back(tmp_path, teacher):
     from tools.synthesize import main
     ckpt = tmp_path / 'teacher.pth'

@@ -38,6 +38,7 @@ from mmengine.config import Config
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import dfbf_mm  # noqa: E402,F401  (registers dfbf types, safe checkpoint loading)
+from dfbf_mm.cli import ArgumentParser, run_cli  # noqa: E402
 from dfbf_mm.export import export_pruned_model, profile_backbones  # noqa: E402
 from dfbf_mm.pruning import L1FilterPruner  # noqa: E402
 from dfbf_mm.stock_model import build_stock_model, get_backbone, load_weights  # noqa: E402
@@ -114,7 +115,7 @@ def _time_limit(text: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='stock mmdet/mmpose/mmpretrain config file or pkg::path')
     p.add_argument('checkpoint', help='trained checkpoint of that config')
     p.add_argument('--sparsity', type=float, default=0.5, help='base fraction of channels removed')
@@ -186,7 +187,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
+    run_cli(main)

@@ -7,22 +7,25 @@ CONFIG is a dfbf config: a stock mmdet/mmpose/mmpretrain config plus a ``dfbf`` 
 ``synthesizer`` and ``synthetic_data`` (image_size, batch_size, seed, cache_dir). Batches are
 cached (default cache: DIR/cache), so a rerun or a killed run resumes.
 """
-import argparse
 import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from dfbf_mm.cli import ArgumentParser, add_cfg_options, merge_cfg_options, run_cli  # noqa: E402
+from dfbf_mm.config_utils import check_keys  # noqa: E402
+from dfbf_mm.engine.dfbf_config import DEFAULT_SYNTHETIC_DATA, SYNTHETIC_DATA_KEYS  # noqa: E402
+from dfbf_mm.registry import SYNTHESIZERS  # noqa: E402
 from dfbf_mm.stock_model import (TASK_OF_SCOPE, build_stock_model, config_scope,  # noqa: E402
                                  load_weights, normalization)
 from dfbf_mm.synthesis import SyntheticImageDataset, save_grid, save_pngs, to_uint8  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='dfbf config (stock config + dfbf block)')
     parser.add_argument('checkpoint', help='teacher checkpoint')
     parser.add_argument('--num-images', type=int, required=True, help='images to write')
@@ -30,35 +33,59 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=None, help='overrides synthetic_data.seed')
     parser.add_argument('--batch-size', type=int, default=None, help='overrides synthetic_data.batch_size')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config keys, e.g. dfbf.synthesizer.iterations=100')
+    add_cfg_options(parser, help='override config keys, e.g. dfbf.synthesizer.iterations=100')
     return parser.parse_args(argv)
+
+
+def _named(field: str, error: Exception) -> ValueError:
+    """``error`` (a ``'key: ...'`` message) re-raised under the config path ``field``."""
+    return ValueError(f'{field}.{error}' if not str(error).startswith(field) else str(error))
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    if args.num_images < 1:
+        raise ValueError(f'--num-images: must be a positive integer, got {args.num_images}')
+    if args.batch_size is not None and args.batch_size < 2:
+        raise ValueError(f'--batch-size: DeepInversion needs at least 2 images per batch, '
+                         f'got {args.batch_size}')
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'config: file not found: {args.config!r}')
     cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)
     dfbf = cfg.get('dfbf')
     if dfbf is None or 'synthesizer' not in dfbf or 'synthetic_data' not in dfbf:
         raise ValueError('dfbf: the config needs dfbf = dict(synthesizer=..., synthetic_data=...)')
-    data = dfbf.synthetic_data.to_dict()
+    data = dict(DEFAULT_SYNTHETIC_DATA, **dfbf.synthetic_data.to_dict())
+    check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
     data['num_images'] = args.num_images
     if args.seed is not None:
         data['seed'] = args.seed
     if args.batch_size is not None:
         data['batch_size'] = args.batch_size
-    data.setdefault('cache_dir', osp.join(args.out, 'cache'))
-    if 'image_size' in data:
+    data['cache_dir'] = data['cache_dir'] or osp.join(args.out, 'cache')
+    if isinstance(data.get('image_size'), int):
+        data['image_size'] = (data['image_size'], data['image_size'])
+    if isinstance(data.get('image_size'), list):
         data['image_size'] = tuple(data['image_size'])
     task = TASK_OF_SCOPE[config_scope(cfg)]
+    # the settings are checked before the model is built and the checkpoint read
+    kind = dfbf.synthesizer.get('type') if isinstance(dfbf.synthesizer, dict) else None
+    if SYNTHESIZERS.get(kind) is None:
+        raise ValueError(f'dfbf.synthesizer.type: {kind!r} is not a registered synthesizer; '
+                         f'registered: {", ".join(sorted(SYNTHESIZERS.module_dict))}')
+    try:
+        synthesizer = SYNTHESIZERS.build(dict(dfbf.synthesizer.to_dict(), _scope_='dfbf_mm'))
+    except ValueError as e:
+        raise _named('dfbf.synthesizer', e) from None
+    try:
+        dataset = SyntheticImageDataset(synthesizer=synthesizer, **data)
+    except ValueError as e:
+        raise _named('dfbf.synthetic_data', e) from None
 
     model = build_stock_model(cfg)
     load_weights(model, args.checkpoint, field='checkpoint')
     model.to(args.device)
-    dataset = SyntheticImageDataset(synthesizer=dfbf.synthesizer.to_dict(), **data)
     dataset.prepare(model, task)
 
     mean, std, bgr_to_rgb = normalization(model)
@@ -72,4 +99,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

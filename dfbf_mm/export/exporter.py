@@ -2,7 +2,8 @@
 
 The deploy config is the stock config with only ``model.backbone`` replaced by
 ``PrunedBackbone(backbone=<stock backbone cfg>, channel_spec=...)``, ``custom_imports`` naming
-``dfbf_mm`` and ``load_from`` pointing at the checkpoint. Paths use MMEngine's
+``dfbf_mm``, ``load_from`` pointing at the checkpoint and a ``StrictCheckpointHook`` (the
+checkpoint must fit the model, see that hook). Paths use MMEngine's
 ``{{ fileDirname }}`` so the output folder can be moved as a whole.
 
 Outside the backbone, a pruned ``StackedLinearClsHead`` (Paoding prunes its hidden Linear
@@ -44,6 +45,12 @@ def deploy_config(stock_cfg: Config, name: str = 'pruned') -> Config:
     cfg.custom_imports = dict(imports=imports + [i for i in ['dfbf_mm'] if i not in imports],
                               allow_failed_imports=False)
     cfg.load_from = f'{_DIR}/{name}.pth'
+    # MMEngine loads load_from non-strictly; a checkpoint that does not fit (e.g. beside the
+    # channel spec of another export) must stop the stock tools instead of giving a wrong metric.
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(h, dict) and h.get('type') == 'StrictCheckpointHook' for h in hooks):
+        hooks.append(dict(type='StrictCheckpointHook'))
+    cfg.custom_hooks = hooks
     return cfg
 
 

@@ -63,11 +63,67 @@ def extract_channel_spec(backbone: nn.Module, before: Dict[str, Dict[str, list]]
     return {'format': FORMAT, 'backbone': type(backbone).__name__, 'modules': modules}
 
 
+def _is_shape(v) -> bool:
+    return isinstance(v, list) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in v)
+
+
 def _check_spec(spec) -> dict:
+    """``spec`` if it is a well-formed spec consistent with itself, else one line naming the entry:
+    every shape a list of positive ints, no larger than (and as long as) its original shape,
+    attrs ints or int lists."""
     if not isinstance(spec, dict) or spec.get('format') != FORMAT or not isinstance(spec.get('modules'), dict):
         raise ValueError(f'channel_spec: not a {FORMAT} dict (got keys '
                          f'{sorted(spec)[:5] if isinstance(spec, dict) else type(spec).__name__})')
+    for name, entry in spec['modules'].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get('shapes', {}), dict) \
+                or not isinstance(entry.get('original_shapes', {}), dict) \
+                or not isinstance(entry.get('attrs', {}), dict):
+            raise ValueError(f'channel_spec: module {name!r}: expected a dict of shapes / '
+                             'original_shapes / attrs dicts')
+        orig = entry.get('original_shapes', {})
+        for t, shape in entry.get('shapes', {}).items():
+            if not _is_shape(shape) or (t in orig and (not _is_shape(orig[t]) or len(orig[t]) != len(shape)
+                                                      or any(s > o for s, o in zip(shape, orig[t])))):
+                raise ValueError(f'channel_spec: {name}.{t}: shape {shape!r} is not a list of positive '
+                                 f'ints within its original shape {orig.get(t)!r}')
+        for a, v in entry.get('attrs', {}).items():
+            if not (isinstance(v, int) or (isinstance(v, list) and all(isinstance(x, int) for x in v))):
+                raise ValueError(f'channel_spec: {name}.{a}: {v!r} is not an int or a list of ints')
     return spec
+
+
+def _check_widths(name: str, m: nn.Module, entry: dict) -> None:
+    """One line when a layer's width attributes would disagree with its tensors once ``entry``
+    is applied: a spec whose ``attrs`` do not match its ``shapes`` would fail only at forward time."""
+    shapes = {t: list(v.shape) for t, v in _tensors(m).items()}
+    shapes.update(entry.get('shapes', {}))
+    attr = dict(entry.get('attrs', {}))
+    get = lambda a: attr.get(a, getattr(m, a, None))  # noqa: E731
+    w = shapes.get('weight')
+    implied = {}
+    if isinstance(m, nn.modules.conv._ConvNd) and w:
+        g = get('groups')
+        out_ch, in_ch = (w[1] * g, w[0]) if m.transposed else (w[0], w[1] * g)
+        implied = dict(out_channels=out_ch, in_channels=in_ch)
+    elif isinstance(m, nn.Linear) and w:
+        implied = dict(out_features=w[0], in_features=w[1])
+    elif isinstance(m, nn.modules.batchnorm._NormBase) and (w or shapes.get('running_mean')):
+        implied = dict(num_features=(w or shapes['running_mean'])[0])
+    elif isinstance(m, nn.GroupNorm) and w:
+        implied = dict(num_channels=w[0])
+    out = next((implied[k] for k in ('out_channels', 'out_features', 'num_features', 'num_channels')
+                if k in implied), None)
+    for t in ('bias', 'running_mean', 'running_var'):
+        if t in shapes and out is not None and shapes[t][0] != out:
+            raise ValueError(f'channel_spec: {name}.{t} has {shapes[t][0]} entries but the layer has '
+                             f'{out} channels (a spec whose shapes disagree)')
+    for a, value in implied.items():
+        if get(a) != value:
+            raise ValueError(f'channel_spec: {name}: {a} is {get(a)} but its tensors imply {value} '
+                             '(a spec whose attrs and shapes disagree)')
+    if isinstance(m, nn.GroupNorm) and get('num_channels') % get('num_groups'):
+        raise ValueError(f'channel_spec: {name}: num_channels {get("num_channels")} is not a multiple '
+                         f'of num_groups {get("num_groups")}')
 
 
 def apply_channel_spec(backbone: nn.Module, spec: dict) -> nn.Module:
@@ -101,6 +157,7 @@ def apply_channel_spec(backbone: nn.Module, spec: dict) -> nn.Module:
         for a in entry.get('attrs', {}):
             if not hasattr(m, a):
                 raise ValueError(f'channel_spec: {name} ({type(m).__name__}) has no attribute {a!r}')
+        _check_widths(name, m, entry)
     for m, t, shape in plan:
         cur = getattr(m, t)
         new = cur.detach()[tuple(slice(0, s) for s in shape)].clone()

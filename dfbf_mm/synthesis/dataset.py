@@ -41,7 +41,9 @@ class SyntheticImageDataset(Dataset):
     Args:
         num_images: dataset length; the last batch is synthesised whole (BN statistics need
             the full batch) and only its first images are used.
-        batch_size: images optimised together (>= 2).
+        batch_size: images optimised together (>= 2); fewer ``num_images`` than that make one
+            batch of ``max(2, num_images)`` instead (the cache key has that size, so the caches
+            of ``num_images >= batch_size`` are the same as before).
         image_size: (H, W) of every image.
         synthesizer: config of a ``SYNTHESIZERS`` type, e.g. ``dict(type='DeepInversionSynthesizer',
             preset='fast')``.
@@ -71,7 +73,11 @@ class SyntheticImageDataset(Dataset):
         self.invert = invert
         self.num_images = num_images
         self.chain_length = chain_length
-        self.batch_size = batch_size
+        # a full batch larger than the dataset would be synthesised and mostly thrown away
+        self.batch_size = max(2, min(batch_size, num_images))
+        if self.batch_size < batch_size:
+            print_log(f'synthetic_data: batch_size {batch_size} > num_images {num_images}; '
+                      f'synthesising one batch of {self.batch_size}', logger='current')
         self.image_size = tuple(image_size)
         if isinstance(synthesizer, dict):
             # _scope_: SYNTHESIZERS lives in scope dfbf_mm, not in the config's default scope.
@@ -80,7 +86,7 @@ class SyntheticImageDataset(Dataset):
         self.cache_dir = cache_dir
         self.seed = int(seed)
         self.num_classes = num_classes
-        self.num_batches = -(-num_images // batch_size)
+        self.num_batches = -(-num_images // self.batch_size)
         self.cache: Optional[BatchCache] = None
         self._shape = None
         self._batches: Dict[int, torch.Tensor] = {}

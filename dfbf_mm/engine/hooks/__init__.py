@@ -1,5 +1,6 @@
 from .channel_spec_hook import ChannelSpecHook
 from .export_hook import ExportHook
+from .strict_checkpoint_hook import StrictCheckpointHook
 from .synthetic_data_hook import SyntheticDataHook
 
-__all__ = ['ChannelSpecHook', 'ExportHook', 'SyntheticDataHook']
+__all__ = ['ChannelSpecHook', 'ExportHook', 'StrictCheckpointHook', 'SyntheticDataHook']
