@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..config_utils import check_keys
 from ..registry import MODELS, PRUNERS
-from ..stock_model import get_backbone, load_weights
+from ..stock_model import build_model, get_backbone, load_weights
 from .feature_loss import FeatureMimicLoss
 from .feature_taps import FeatureRecorder, select_taps
 from .lop import SimilarityPreservingLoss, expand_model, merge_model, merged_copy
@@ -83,7 +83,7 @@ class DataFreeDistiller(BaseModel):
         if self.bn_policy not in BN_POLICIES:
             raise ValueError(f'dfbf.distill.bn: {self.bn_policy!r} is not one of {BN_POLICIES}')
 
-        self.teacher = MODELS.build(copy.deepcopy(model))
+        self.teacher = build_model(model)
         get_backbone(self.teacher, 'model')
         load_weights(self.teacher, teacher_checkpoint, 'dfbf.teacher_checkpoint')
         self.student = copy.deepcopy(self.teacher)

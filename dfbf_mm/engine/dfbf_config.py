@@ -18,8 +18,8 @@ from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
 
 from ..config_utils import check_keys, plain
 from ..registry import PRUNERS, SYNTHESIZERS
-from ..stock_model import TASK_OF_SCOPE, config_scope, stock_model_cfg
-from ..synthesis.inversion_target import INVERT
+from ..stock_model import TASK_OF_SCOPE, config_scope, enter_scope, stock_model_cfg
+from ..synthesis.inversion_target import INVERT, check_synthesis_sizes
 
 DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'distill',
              'schedule', 'overparam', 'sp_loss', 'export', 'keep_custom_hooks', 'train_data')
@@ -129,6 +129,12 @@ def to_runner_config(cfg: Config) -> Config:
     task = TASK_OF_SCOPE[scope]
     data, schedule = dfbf['synthetic_data'], dfbf['schedule']
     work_dir = cfg.get('work_dir') or osp.join('work_dirs', 'dfbf')
+
+    if dfbf['train_data'] == 'synthetic':  # fail now, not after loading and pruning
+        enter_scope(scope)
+        synthesizer = SYNTHESIZERS.build(dict(dfbf['synthesizer'], _scope_='dfbf_mm'))
+        check_synthesis_sizes(stock_model_cfg(cfg), task, synthesizer, data['image_size'],
+                              data['invert'])
 
     cfg.model = dict(
         type='DataFreeDistiller',

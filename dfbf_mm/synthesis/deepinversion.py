@@ -200,6 +200,16 @@ class DeepInversionSynthesizer:
             phases.append(('full', 1, s['iterations'], s['jitter']))
         return phases
 
+    PHASE_NAMES = dict(coarse='coarse (coarse_iterations)',
+                       pool='half-resolution (half_res_iterations)',
+                       full='full-resolution (iterations)')
+
+    def network_inputs(self) -> Sequence[Tuple[str, int]]:
+        """``(phase name, factor)`` per phase: the network sees ``image_size // factor``
+        (a coarse phase is upsampled to full size before the network)."""
+        return [(self.PHASE_NAMES[kind], 1 if kind == 'coarse' else f)
+                for kind, f, _, _ in self._phases()]
+
     def synthesize(self, target: nn.Module, batch_size: int, image_size: Tuple[int, int],
                    pixel_range: Tuple[torch.Tensor, torch.Tensor], seed: int,
                    labels: Optional[torch.Tensor] = None, progress: bool = True,

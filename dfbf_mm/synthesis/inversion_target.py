@@ -6,12 +6,14 @@ so by default (``invert='auto'``) only its backbone (where the pruning happens) 
 ``invert='model'`` runs the whole model in tensor mode instead, so the BN statistics of the
 neck and head constrain the images too (more layers remembering the training data).
 """
+import contextlib
+import itertools
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..stock_model import get_backbone
+from ..stock_model import build_model, get_backbone
 from .bn_statistics import bn_layers, model_name
 
 TASKS = ('classification', 'detection', 'pose')
@@ -108,31 +110,119 @@ def total_stride(target: nn.Module, channels: int, device, probe: int = 256) -> 
     return None if smallest is None else max(1, round(probe / smallest))
 
 
-def check_image_size(target: nn.Module, sizes: Sequence[Tuple[int, int]], channels: int,
-                     device, field: str = 'image_size') -> None:
-    """One-line error when the target cannot run on images of every (H, W) in ``sizes``.
+def size_problem(target: nn.Module, h: int, w: int, channels: int, device,
+                 stride: Optional[int] = None) -> Optional[str]:
+    """Why ``target`` cannot take (H, W) images, or None when it can.
 
-    Catches images smaller than the total stride (which many networks silently turn into
+    Catches images smaller than the total ``stride`` (which many networks silently turn into
     1x1 feature maps) as well as forwards that fail or produce empty feature maps.
     """
-    smallest = min(sizes, key=lambda s: min(s))
-    was_training = {m: m.training for m in target.modules()}
-    target.eval()
+    if stride is not None and min(h, w) < stride:
+        return (f'{h}x{w} is smaller than the total stride {stride} of {model_name(target)} '
+                f'(its last feature map would be empty)')
     try:
+        maps = _spatial_sizes(target, torch.zeros(2, channels, h, w, device=device))
+    except RuntimeError as e:
+        return f'{model_name(target)} cannot run on {h}x{w} images ({first_line(e)[:200]})'
+    if any(min(s) == 0 for s in maps if len(s) == 2):
+        return f'{h}x{w} images give an empty feature map in {model_name(target)}'
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def check_image_size(target: nn.Module, sizes: Sequence[Tuple[int, int]], channels: int,
+                     device, field: str = 'image_size') -> None:
+    """One-line error when the target cannot run on images of every (H, W) in ``sizes``."""
+    smallest = min(sizes, key=lambda s: min(s))
+    with _eval_mode(target):
         stride = total_stride(target, channels, device)
         if stride is not None and min(smallest) < stride:
             raise ValueError(f'{field}: {tuple(smallest)} is smaller than the total stride '
                              f'{stride} of {model_name(target)} (its last feature map would '
                              f'be empty); use images of at least {stride}x{stride} per phase')
         for h, w in sizes:
-            try:
-                maps = _spatial_sizes(target, torch.zeros(2, channels, h, w, device=device))
-            except RuntimeError as e:
-                raise ValueError(f'{field}: {model_name(target)} cannot run on {h}x{w} images '
-                                 f'({str(e).splitlines()[0][:200]})') from None
-            if any(min(s) == 0 for s in maps if len(s) == 2):
-                raise ValueError(f'{field}: {h}x{w} images give an empty feature map in '
-                                 f'{model_name(target)}; use larger images')
-    finally:
-        for m, mode in was_training.items():
-            m.training = mode
+            problem = size_problem(target, h, w, channels, device)
+            if problem:
+                raise ValueError(f'{field}: {problem}')
+
+
+def check_phase_sizes(target: nn.Module, image_size: Tuple[int, int], phases, channels: int,
+                      device, field: str = 'image_size', max_suggestions: int = 3) -> None:
+    """One-line error naming the synthesis phase whose network input ``target`` cannot take.
+
+    ``phases``: ``(name, factor)`` per phase; the network sees ``image_size // factor`` in it.
+    The error lists image sizes near ``image_size`` that work in every phase (multiples of
+    the total stride times the largest factor).
+    """
+    h, w = image_size
+    with _eval_mode(target):
+        stride = total_stride(target, channels, device)
+
+        def problem_of(hh, ww):
+            for name, f in phases:
+                problem = size_problem(target, hh // f, ww // f, channels, device, stride)
+                if problem:
+                    return name, f, problem
+            return None
+
+        failure = problem_of(h, w)
+        if failure is None:
+            return
+        name, f, problem = failure
+        step = (stride or 32) * max(f for _, f in phases)
+        # multiples of step around each side: two below, two above
+        hs, ws = ({max(1, v // step + k) * step for k in (-1, 0, 1, 2)} for v in (h, w))
+        near = sorted(((a, b) for a in hs for b in ws),
+                      key=lambda s: (abs(s[0] - h) + abs(s[1] - w), -s[0] * s[1]))
+        working = list(itertools.islice(
+            (s for s in near if s != (h, w) and problem_of(*s) is None), max_suggestions))
+    where = f'in the {name} phase the network sees {h // f}x{w // f}' if f > 1 else 'the network sees it'
+    hint = (f'sizes that work in every phase: {", ".join(str(s) for s in working)}' if working
+            else f'no size near it works; try multiples of {step}')
+    raise ValueError(f'{field}: {tuple(image_size)} cannot be synthesised ({where}: {problem}); {hint}')
+
+
+def _build_probe_model(model_cfg: dict, device: str) -> nn.Module:
+    with torch.device(device):
+        return build_model(model_cfg)
+
+
+def check_synthesis_sizes(model_cfg: dict, task: str, synthesizer, image_size: Tuple[int, int],
+                          invert: str = 'auto',
+                          field: str = 'dfbf.synthetic_data.image_size') -> None:
+    """Check, before any weights are loaded, that every synthesis phase of ``synthesizer`` can
+    run the inversion target of the model ``model_cfg`` (in the current scope) on its images.
+
+    The model is built on the meta device (no memory, no compute); a model that cannot be
+    built or run there is checked on the CPU with random weights instead.
+    """
+    phases = synthesizer.network_inputs() if hasattr(synthesizer, 'network_inputs') else [('', 1)]
+    channels = len((model_cfg.get('data_preprocessor') or {}).get('mean') or (0, 0, 0))
+    for device in ('meta', 'cpu'):
+        try:
+            model = _build_probe_model(model_cfg, device)
+            get_backbone(model, 'model')  # dfbf_mm prunes it
+            check_phase_sizes(inversion_target(model, task, invert), image_size, phases,
+                              channels, device, field)
+            return
+        except Exception:  # noqa: BLE001
+            # the meta device lacks some kernels (and .item()): its failures are confirmed
+            # on the CPU, whose errors are the answer
+            if device == 'cpu':
+                raise
