@@ -7,10 +7,15 @@ batch size. A whole model is exported as ``model(x, mode='tensor')`` (the networ
 data preprocessor and without post-processing: the raw head outputs); all outputs are
 flattened in order into ``output0``, ``output1``, ...
 
+Everything runs on the CPU: a module on another device is copied to the CPU first (onnxruntime
+runs there, and GPU kernels, e.g. TF32 convolutions, may round differently from CPU ones by more
+than float32 does).
+
 Match: onnxruntime (CPU) and PyTorch agree when every output has the same shape and
 ``max |onnx - torch| <= ONNX_TOL * max(1, max |torch|)`` (relative to the output's scale, as
 float32 sums of deep random-weights nets reach large magnitudes).
 """
+import copy
 import io
 import os
 import os.path as osp
@@ -45,6 +50,12 @@ class _Flat(nn.Module):
         return tuple(_flatten(self.module(x, mode='tensor') if self.tensor_mode else self.module(x)))
 
 
+def _on_cpu(module: nn.Module) -> nn.Module:
+    """``module`` itself if all its tensors are on the CPU, else a CPU copy."""
+    on_cpu = all(t.device.type == 'cpu' for t in list(module.parameters()) + list(module.buffers()))
+    return module if on_cpu else copy.deepcopy(module).cpu()
+
+
 def _torch_outputs(flat: nn.Module, inputs: torch.Tensor) -> List[torch.Tensor]:
     with torch.inference_mode():
         return list(flat(inputs))
@@ -54,6 +65,7 @@ def export_onnx(module: nn.Module, inputs: torch.Tensor, path: Optional[str] = N
                 tensor_mode: bool = False, opset: int = OPSET) -> Union[str, bytes]:
     """Export ``module`` (eval mode) traced on ``inputs`` to ``path``; without a path, return
     the ONNX bytes. ``tensor_mode``: export a whole mm model's ``forward(x, mode='tensor')``."""
+    module, inputs = _on_cpu(module), inputs.cpu()
     was = module.training
     module.eval()  # mm backbones' train() returns None: do not chain it
     flat = _Flat(module, tensor_mode)
@@ -94,6 +106,7 @@ def compare_onnx(module: nn.Module, session, inputs: torch.Tensor, tensor_mode: 
                  tol: float = ONNX_TOL) -> float:
     """Max abs difference of onnxruntime vs PyTorch outputs on ``inputs``; ValueError naming the
     output that differs (count, shape or value beyond ``tol`` of its scale, see module doc)."""
+    module, inputs = _on_cpu(module), inputs.cpu()
     was = module.training
     module.eval()
     try:
