@@ -13,7 +13,7 @@ from mmengine.runner import Runner
 import dfbf_mm  # noqa: F401  (registers PrunedBackbone etc.)
 from dfbf_mm.cli import ArgumentParser, add_cfg_options, load_config, run_cli
 from dfbf_mm.engine.hooks.strict_checkpoint_hook import check_checkpoint, pruned_backbone_spec
-from dfbf_mm.stock_model import read_checkpoint
+from dfbf_mm.stock_model import build_stock_model, read_checkpoint
 
 
 def parse_args(argv=None):
@@ -32,15 +32,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
-    _, state = read_checkpoint(args.checkpoint, 'checkpoint')  # before anything is built
+    # The checkpoint is checked against the model first, before the runner writes a work dir and
+    # reads the test data; a deploy config's own StrictCheckpointHook is then redundant.
+    _, state = read_checkpoint(args.checkpoint, 'checkpoint')
+    check_checkpoint(build_stock_model(cfg), args.checkpoint, 'checkpoint', strict=not args.non_strict,
+                     channel_spec=pruned_backbone_spec(cfg.get('model')), state=state)
+    del state
     cfg.load_from = args.checkpoint
     cfg.pop('runner_type', None)  # testing needs the plain runner, also for dfbf configs
-    # checked here, before the test data is read; a deploy config's own hook is then redundant
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
                         if not (isinstance(h, dict) and h.get('type') == 'StrictCheckpointHook')]
     runner = Runner.from_cfg(cfg)
-    check_checkpoint(runner.model, args.checkpoint, 'checkpoint', strict=not args.non_strict,
-                     channel_spec=pruned_backbone_spec(cfg.get('model')), state=state)
     metrics = runner.test()
     print(metrics)
     return metrics

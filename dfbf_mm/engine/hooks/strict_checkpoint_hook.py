@@ -30,7 +30,7 @@ def check_checkpoint(model, path: str, field: str = 'checkpoint', strict: bool =
     """One-line error unless the checkpoint file ``path`` is readable and fits ``model``.
 
     ``strict=False`` allows missing and unexpected keys (shapes must still agree, as in
-    torch's ``load_state_dict``). ``channel_spec``: the spec the model's ``PrunedBackbone`` was
+    torch's ``load_state_dict``, and at least one tensor must be loaded). ``channel_spec``: the spec the model's ``PrunedBackbone`` was
     built from; a backbone that does not fit then names it as the likely culprit. ``state``:
     the checkpoint's state dict when already read (:func:`read_checkpoint`).
     """
@@ -49,6 +49,9 @@ def check_checkpoint(model, path: str, field: str = 'checkpoint', strict: bool =
                 f'{tuple(state[k].shape)} in the checkpoint and {tuple(own[k].shape)} with the spec '
                 '(use the spec exported with this checkpoint)')
     check_state_dict_fits(model, state, field, path, strict)
+    if not strict and not set(state) & set(model.state_dict()):  # even a partial load loads something
+        raise ValueError(f'{field}: {path!r} shares no tensor name with the model (a checkpoint of '
+                         'another model?)')
 
 
 @HOOKS.register_module()
