@@ -42,8 +42,8 @@ RUNNER_KEYS = ('model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_
                'experiment_name', 'compile', 'runner_type', 'custom_imports', 'dfbf')
 
 
-def _closest(key, candidates) -> str:
-    close = difflib.get_close_matches(str(key), sorted(map(str, candidates)), n=1, cutoff=0.6)
+def _closest(key, candidates, cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(str(key), sorted(map(str, candidates)), n=1, cutoff=cutoff)
     return f'; did you mean {close[0]!r}?' if close else ''
 
 
@@ -55,12 +55,13 @@ def merge_cfg_options(cfg, options) -> None:
     if not options:
         return
     known = set(cfg.keys()) | set(RUNNER_KEYS)
+    root = cfg.to_dict()
     for key in options:
         parts = str(key).split('.')
         if parts[0] not in known:
             raise ValueError(f'--cfg-options: {key!r}: the config has no key {parts[0]!r}'
                              f'{_closest(parts[0], known)}')
-        node = cfg
+        node = root
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
             if not isinstance(node, dict):
@@ -68,7 +69,8 @@ def merge_cfg_options(cfg, options) -> None:
         else:
             leaf = parts[-1]
             if isinstance(node, dict) and len(parts) > 1 and leaf not in node:
-                hint = _closest(leaf, [k for k in node if isinstance(k, str)])
+                # 0.8: a one-letter slip (dpth/depth), not a related option (frozen_stages/num_stages)
+                hint = _closest(leaf, [k for k in node if isinstance(k, str)], cutoff=0.8)
                 if hint:
                     print(f'warning: --cfg-options: {key!r} adds {leaf!r} to '
                           f'{".".join(parts[:-1])}{hint}', file=sys.stderr)

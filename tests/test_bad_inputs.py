@@ -270,3 +270,15 @@ def test_stock_tool_process_fails(ws):
     assert out.stderr.strip().splitlines()[-1].startswith('ValueError: model.backbone.channel_spec: ')
     assert 'accuracy' not in out.stdout
     assert _snapshot(u) == ws['before']
+
+
+def test_cfg_options_new_nested_key_warns_only_on_a_near_miss(capsys):
+    from mmengine.config import Config
+
+    from dfbf_mm.cli import merge_cfg_options
+    cfg = Config(dict(model=dict(backbone=dict(type='ResNet', depth=18, num_stages=4))))
+    merge_cfg_options(cfg, {'model.backbone.dpth': 50, 'model.backbone.frozen_stages': 1})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --cfg-options: 'model.backbone.dpth' adds 'dpth' to model.backbone; "
+                   "did you mean 'depth'?"]
+    assert cfg.model.backbone.dpth == 50 and cfg.model.backbone.frozen_stages == 1  # still merged
