@@ -42,6 +42,9 @@ RUNNER_KEYS = ('model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_
                'experiment_name', 'compile', 'runner_type', 'custom_imports', 'dfbf')
 
 
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
 def _closest(key, candidates, cutoff: float = 0.6) -> str:
     close = difflib.get_close_matches(str(key), sorted(map(str, candidates)), n=1, cutoff=cutoff)
     return f'; did you mean {close[0]!r}?' if close else ''
@@ -68,7 +71,8 @@ def merge_cfg_options(cfg, options) -> None:
                 break
         else:
             leaf = parts[-1]
-            if isinstance(node, dict) and len(parts) > 1 and leaf not in node:
+            loader_option = len(parts) == 2 and parts[0] in DATALOADERS  # check_dataloaders decides
+            if isinstance(node, dict) and len(parts) > 1 and leaf not in node and not loader_option:
                 # 0.8: a one-letter slip (dpth/depth), not a related option (frozen_stages/num_stages)
                 hint = _closest(leaf, [k for k in node if isinstance(k, str)], cutoff=0.8)
                 if hint:
@@ -91,7 +95,7 @@ def check_dataloaders(cfg) -> None:
     (MMEngine passes them on to torch's DataLoader, which fails with a TypeError traceback
     only once the loop starts)."""
     allowed = None
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+    for name in DATALOADERS:
         loader = cfg.get(name)
         if not isinstance(loader, dict):
             continue
