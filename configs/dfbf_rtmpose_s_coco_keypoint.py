@@ -1,0 +1,15 @@
+# DFBF on the top-down RTMPose-s (COCO keypoints, SimCC head), stock mmpose CocoMetric AP.
+# Set `dfbf.teacher_checkpoint` and the COCO val data_root; training data is not used.
+#     python tools/train.py configs/dfbf_rtmpose_s_coco_keypoint.py
+_base_ = 'mmpose::body_2d_keypoint/rtmpose/coco/rtmpose-s_8xb256-420e_coco-256x192.py'
+custom_imports = dict(imports=['dfbf_mm'], allow_failed_imports=False)
+runner_type = 'DataFreeDistillRunner'
+
+dfbf = dict(
+    teacher_checkpoint='checkpoints/rtmpose-s_simcc-coco_pt-aic-coco_420e-256x192-8edcf0d7_20230127.pth',
+    pruner=dict(type='L1FilterPruner', sparsity=0.1, norm=1, layer_dependent=True),
+    synthesizer=dict(type='DeepInversionSynthesizer', preset='pose'),
+    synthetic_data=dict(num_images=1600, batch_size=16, image_size=(160, 128), seed=0),
+    distill=dict(distance='l1', weights=8, bn='update'),
+    schedule=dict(epochs=200, lr=0.01, lr_steps=[150]),
+)
