@@ -1,50 +1,124 @@
-"""The backbone sweep machinery on two small backbones: one prunes, one is refused in one line."""
+"""The backbone sweep: config matching, one stock model through the whole path, the tables."""
+import json
 import os.path as osp
 import sys
+
+import pytest
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
 import backbone_sweep  # noqa: E402
 
 
-def test_sweep_rows_and_table():
-    rows = [
-        backbone_sweep.sweep_backbone('ResNet_CIFAR-18', 'mmpretrain', dict(type='ResNet_CIFAR', depth=18), 32),
-        backbone_sweep.sweep_backbone('ShuffleNetV1 0.5x', 'mmpretrain', dict(type='ShuffleNetV1', widen_factor=0.5), 64),
-    ]
-    ok, refused = rows
-    assert ok['prunable'] == 'yes' and float(ok['params_cut'].rstrip(' %')) > 10
-    assert refused['prunable'] == 'refused'
-    assert refused['note'].startswith('backbone: ShuffleNetV1 has no prunable channel group')
-    assert 'channel shuffle' in refused['note']
-    assert '\n' not in refused['note']
-    table = backbone_sweep.format_table(rows, 0.5)
-    assert table.count('\n') == 3 and '| ResNet_CIFAR-18 | mmpretrain.ResNet_CIFAR | yes |' in table
+def test_registered_backbones_and_config_matching():
+    classes = backbone_sweep.registered_backbones(('mmpretrain',))
+    assert ('mmpretrain', 'ResNet_CIFAR') in classes and ('mmpretrain', 'RepVGG') in classes
+    assert all(s == 'mmpretrain' for s, _ in classes) and len(classes) > 50
+    paths = backbone_sweep.candidate_configs('mmpretrain', 'ResNet_CIFAR')
+    assert paths and all('/_base_/' not in p for p in paths)
+    # configs inheriting the base model file count too (resnet18_8xb16_cifar10.py writes no type)
+    assert any(p.endswith('resnet/resnet18_8xb16_cifar10.py') for p in paths)
+    path, why = backbone_sweep.pick_config('mmpretrain', 'ResNet_CIFAR')
+    assert why == '' and 'resnet18' in osp.basename(path)  # the smallest depth
+    assert backbone_sweep.pick_config('mmpretrain', 'NoSuchNet') == (None, 'no stock config uses it')
 
 
-def test_merge_keeps_the_other_rows_and_readme_table(tmp_path):
-    def row(name, prunable, params='', macs='', note=''):
-        return dict(backbone=name, registry=f'x.{name}', prunable=prunable, groups='1 / 2' if params else '',
-                    params_cut=params, macs_cut=macs, note=note)
-    old = [row('ResNet-50', 'yes', '56.1 %', '57.3 %', 'kept: reaches a backbone output'),
-           row('ShuffleNetV2', 'TIMEOUT', note='pruning did not finish within 90 s'),
-           row('VGG-16-BN', 'yes', '71.0 %', '74.0 %')]
-    text = f'# Backbone sweep\n\n{backbone_sweep.RERUN_PREFIX}`old cmd`: ShuffleNetV2, VGG-16-BN.\n\n' \
-        + backbone_sweep.format_table(old, 0.5) + '\n'
-    sparsity, parsed = backbone_sweep.parse_table(text)
-    assert sparsity == 0.5 and parsed == old
-    merged = backbone_sweep.merge_rows(parsed, [row('ShuffleNetV2', 'yes', '28.0 %', '30.0 %'),
-                                                row('ShuffleNetV1', 'refused', note='channel shuffle')])
-    assert [r['backbone'] for r in merged] == ['ResNet-50', 'ShuffleNetV2', 'ShuffleNetV1', 'VGG-16-BN']
-    assert merged[0] == old[0] and merged[3] == old[2] and merged[1]['params_cut'] == '28.0 %'
-    notes = backbone_sweep.rerun_notes(text, ['ShuffleNetV2', 'ShuffleNetV1'], 'new cmd')
-    assert notes == [f'{backbone_sweep.RERUN_PREFIX}`old cmd`: VGG-16-BN.',
-                     f'{backbone_sweep.RERUN_PREFIX}`new cmd`: ShuffleNetV2, ShuffleNetV1.']
+def test_whole_path_on_a_stock_detector():
+    path = osp.join(backbone_sweep.configs_root('mmdet'), 'yolox', 'yolox_nano_8xb8-300e_coco.py')
+    row = backbone_sweep.sweep_class('mmdet', 'CSPDarknet', path, 0.5, time_limit=300)
+    assert row['status'] == 'yes', row['note']
+    assert row['config'] == 'mmdet::yolox/yolox_nano_8xb8-300e_coco.py' and row['kind'] == 'conv'
+    assert float(row['params_cut'].rstrip(' %')) > 10 and row['stage'] == ''
+
+
+def test_refusal_is_one_line():
+    row = backbone_sweep.sweep_backbone('ShuffleNetV1 0.5x', 'mmpretrain',
+                                        dict(type='ShuffleNetV1', widen_factor=0.5), 64)
+    if row['status'] == 'yes':  # pruned: its channels were really removed
+        assert float(row['params_cut'].rstrip(' %')) > 0
+    else:
+        assert row['status'] == 'refused' and '\n' not in row['note']
+        assert row['note'].startswith('backbone: ShuffleNetV1')
+
+
+def _row(name, status, kind='conv', params='', ffn='0', note=''):
+    return dict(backbone=name, config=f'mmx::{name}.py' if status != 'no config' else '', kind=kind,
+                status=status, stage='', groups='1 / 2' if params else '', params_cut=params,
+                macs_cut=params, ffn_pruned=ffn, note=note, seconds=1.0)
+
+
+def test_store_summary_and_readme(tmp_path):
+    rows = {r['backbone']: r for r in [
+        _row('mmx.A', 'yes', params='50.0 %'), _row('mmx.B', 'yes', params='5.0 %'),
+        _row('mmx.C', 'refused', note='backbone: C has no prunable channel group'),
+        _row('mmx.T', 'yes', 'transformer', '20.0 %', ffn='12'), _row('mmx.U', 'FAIL', 'transformer', note='x: y'),
+        _row('mmx.N', 'no config', kind='', note='no stock config uses it')]}
+    store = tmp_path / 'rows.json'
+    backbone_sweep.save_rows(str(store), rows, 0.5)
+    assert backbone_sweep.load_rows(str(store)) == rows and json.loads(store.read_text())['sparsity'] == 0.5
+    s = backbone_sweep.summary(list(rows.values()))
+    assert (s['classes'], s['swept'], s['ok'], s['refused'], s['failed']) == (6, 5, 3, 1, 1)
+    assert (s['conv'], s['conv_ok'], s['transformer'], s['transformer_ok']) == (3, 1, 2, 1)
     readme = tmp_path / 'README.md'
     readme.write_text('# X\n\n## Which backbones prune\n\nintro\n\n| backbone | prunable | params cut | MACs cut |\n'
-                      '|---|---|---|---|\n| ResNet-50 | yes | 1 % | 1 % |\n| Old | refused | — | — |\n\n## Layout\n\n'
-                      '| backbone | prunable | other |\n')
-    backbone_sweep.update_readme(str(readme), merged)
+                      '|---|---|---|---|\n| Old | refused | — | — |\n\n## Layout\n\n| backbone | other |\n')
+    ordered = sorted(rows.values(), key=lambda r: r['backbone'])
+    for _ in range(2):  # idempotent: the summary line is replaced, not added again
+        backbone_sweep.update_readme(str(readme), ordered, 0.5)
     out = readme.read_text()
-    assert '| ShuffleNetV1 | refused | — | — |\n| VGG-16-BN | yes | 71.0 % | 74.0 % |\n\n## Layout' in out
-    assert '| Old |' not in out and out.startswith('# X\n\n## Which backbones prune\n\nintro\n\n| backbone |')
-    assert out.endswith('## Layout\n\n| backbone | prunable | other |\n')
+    assert out.count('<!-- sweep summary -->') == 1 and '| Old |' not in out
+    assert '| mmx.C | mmx::mmx.C.py | conv | refused | — | — | backbone: C has no prunable channel group |' in out
+    assert 'mmx.N |' not in out and 'No stock config: mmx.N.' in out
+    assert out.endswith('## Layout\n\n| backbone | other |\n')
+    with pytest.raises(ValueError, match='no "## Which backbones prune" section'):
+        (tmp_path / 'R2.md').write_text('# nothing\n')
+        backbone_sweep.update_readme(str(tmp_path / 'R2.md'), ordered, 0.5)
+
+
+def test_res2net_prunes_through_its_concats():
+    """The last 3x3 conv of each Res2Net block feeds ``cat((cat(...), spx[-1]))``: its concat offsets
+    are now known (the split chunk's width), so those convs are pruned; the split stays kept."""
+    import torch
+    from mmdet.registry import MODELS
+
+    from dfbf_mm.pruning import L1FilterPruner
+    from dfbf_mm.stock_model import enter_scope
+    enter_scope('mmdet')
+    import mmdet.models  # noqa: F401
+    net = MODELS.build(dict(type='Res2Net', depth=50, num_stages=1, out_indices=(0,), strides=(1,),
+                            dilations=(1,), stage_with_dcn=(False,)))
+    net.eval()
+    x = torch.randn(1, 3, 64, 64)
+    ref = net(x)[0].shape
+    pruner = L1FilterPruner(sparsity=0.5)
+    pruner.prune(net, x)
+    roots = {g['root'] for g in pruner.report['groups']}
+    assert {f'layer1.{i}.convs.2' for i in range(3)} <= roots
+    assert net.layer1[1].convs[2].out_channels == 13 and net.layer1[1].conv3.in_channels == 78 + 13
+    assert net.layer1[1].conv1.out_channels == 104  # behind the fixed-width split
+    assert net(x)[0].shape == ref
+
+
+def test_repvgg_prunes_in_deploy_form():
+    import torch
+    from mmengine.config import Config
+
+    from dfbf_mm.pruning import L1FilterPruner, is_reparameterizable, reparameterize
+    from dfbf_mm.stock_model import build_stock_model
+    cfg = Config(dict(default_scope='mmpretrain', model=dict(
+        type='ImageClassifier', backbone=dict(type='RepVGG', arch='A0', out_indices=(3,)),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=1280))))
+    model = build_stock_model(cfg)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match='has no prunable channel group'):
+        L1FilterPruner(0.5).prune(model.backbone, x)  # every block sums a 3x3, a 1x1 and an identity branch
+    model.eval()
+    ref = model.backbone(x)[0]
+    assert is_reparameterizable(model.backbone) and reparameterize(model, cfg)
+    assert cfg.model.backbone.deploy is True and not is_reparameterizable(model.backbone)
+    assert torch.allclose(model.backbone(x)[0], ref, atol=1e-4)  # same function, fused
+    build_stock_model(cfg).load_state_dict(model.state_dict(), strict=True)  # deploy=True rebuilds it
+    params = sum(p.numel() for p in model.backbone.parameters())
+    L1FilterPruner(0.5).prune(model.backbone, x)
+    assert sum(p.numel() for p in model.backbone.parameters()) < 0.5 * params
+    assert not reparameterize(model, cfg)  # already fused

@@ -1,81 +1,52 @@
-"""Sweep L1FilterPruner over registered backbones of mmdet, mmpose and mmpretrain.
+"""Sweep every backbone class of mmdet, mmpose and mmpretrain through the whole DFBF path.
 
-    python tools/backbone_sweep.py [--sparsity 0.5] [--out docs/backbone_sweep.md] [--only NAME ...]
-                                   [--merge] [--readme README.md]
+    python tools/backbone_sweep.py [--sparsity 0.5] [--json docs/backbone_sweep.json]
+        [--out docs/backbone_sweep.md] [--readme README.md] [--only SCOPE.CLASS ...] [--redo]
+        [--time-limit 600] [--report-only]
 
-Each backbone is built from its registry (random weights: the structure is what matters),
-pruned at the given sparsity on a 1x3xSxS input, and either prunes with every output shape
-unchanged and forward running, or is refused with the pruner's one-line error. Params and
-MACs (dfbf_mm.export.count_macs_params, the counter of tools/prune.py's profile) are compared
-before/after; the markdown table goes to stdout and to --out. ``--only A B --merge`` re-runs
-some backbones and replaces just their rows in the existing --out (the other rows are kept as
-they are, the re-run is noted above the table); ``--readme`` also rewrites the short table
-under "## Which backbones prune" in README.md.
+Every class registered from a ``models.backbones`` module of the three packages is matched to
+its smallest stock config (``.mim/configs``, the first few configs whose ``model.backbone`` has
+that type, smallest backbone by parameter count). Each is taken, with random weights (no
+download: ``init_cfg``/``pretrained`` stripped), through the path a user runs:
+
+1. build the whole stock model; 2. prune its backbone with L1FilterPruner at ``--sparsity``
+(inside ``DataFreeDistiller``, as ``tools/train.py`` does); 3. one DFBF distillation step on a
+random batch; 4. ``export_pruned_model``; 5. rebuild the deploy config with the stock registry
+and load the checkpoint strictly; 6. one forward of the whole model in tensor mode, whose
+output shapes must equal the unpruned model's.
+
+Rows are merged into ``--json`` after each class (a killed run resumes where it stopped; a class
+that was running when the process died is recorded as such); ``--only``/``--redo`` re-run rows.
+``--out`` gets the full markdown table, ``--readme`` the table under "## Which backbones prune".
 """
 import argparse
 import copy
+import gc
+import glob
+import importlib
+import json
 import os
 import os.path as osp
 import re
-import shlex
 import signal
 import sys
+import tempfile
 import time
 import warnings
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from dfbf_mm.export.profile import count_macs_params  # noqa: E402
-from dfbf_mm.pruning import L1FilterPruner, flatten_outputs  # noqa: E402
-from dfbf_mm.registry import MODELS  # noqa: E402
+from dfbf_mm.pruning import L1FilterPruner, flatten_outputs, reparameterize  # noqa: E402
+from dfbf_mm.distillation.feature_taps import NORM_TYPES  # noqa: E402
+from dfbf_mm.registry import MODELS, PRUNERS  # noqa: E402
 from dfbf_mm.stock_model import enter_scope  # noqa: E402
 
-HRNET_W18 = dict(
-    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(4,), num_channels=(64,)),
-    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(4, 4), num_channels=(18, 36)),
-    stage3=dict(num_modules=4, num_branches=3, block='BASIC', num_blocks=(4, 4, 4), num_channels=(18, 36, 72)),
-    stage4=dict(num_modules=3, num_branches=4, block='BASIC', num_blocks=(4, 4, 4, 4),
-                num_channels=(18, 36, 72, 144)))
-LITEHRNET_18 = dict(
-    stem=dict(stem_channels=32, out_channels=32, expand_ratio=1),
-    num_stages=3, stages_spec=dict(
-        num_modules=(2, 4, 2), num_branches=(2, 3, 4), num_blocks=(2, 2, 2),
-        module_type=('LITE', 'LITE', 'LITE'), with_fuse=(True, True, True),
-        reduce_ratios=(8, 8, 8), num_channels=((40, 80), (40, 80, 160), (40, 80, 160, 320))),
-    with_head=True)
-
-# (name, scope, backbone cfg, input size)
-BACKBONES = [
-    ('ResNet-50', 'mmdet', dict(type='ResNet', depth=50), 64),
-    ('ResNetV1d-50', 'mmpretrain', dict(type='ResNetV1d', depth=50), 64),
-    ('ResNeXt-50 32x4d', 'mmdet', dict(type='ResNeXt', depth=50, groups=32, base_width=4), 64),
-    ('Res2Net-50', 'mmdet', dict(type='Res2Net', depth=50), 64),
-    ('ResNeSt-50', 'mmdet', dict(type='ResNeSt', depth=50), 64),
-    ('SEResNet-50', 'mmpretrain', dict(type='SEResNet', depth=50), 64),
-    ('ResNet_CIFAR-18', 'mmpretrain', dict(type='ResNet_CIFAR', depth=18), 32),
-    ('RegNetX-400MF', 'mmdet', dict(type='RegNet', arch='regnetx_400mf', out_indices=(0, 1, 2, 3)), 64),
-    ('MobileNetV2', 'mmpretrain', dict(type='MobileNetV2'), 64),
-    ('MobileNetV3-small', 'mmpretrain', dict(type='MobileNetV3', arch='small'), 64),
-    ('ShuffleNetV2', 'mmpretrain', dict(type='ShuffleNetV2'), 64),
-    ('ShuffleNetV2 (mmpose)', 'mmpose', dict(type='ShuffleNetV2'), 64),
-    ('ShuffleNetV1', 'mmpretrain', dict(type='ShuffleNetV1'), 64),
-    ('EfficientNet-b0', 'mmpretrain', dict(type='EfficientNet', arch='b0'), 64),
-    ('HRNet-w18 (mmpose)', 'mmpose', dict(type='HRNet', extra=HRNET_W18), 64),
-    ('HRNet-w18 (mmpretrain)', 'mmpretrain', dict(type='HRNet', arch='w18'), 64),
-    ('LiteHRNet-18', 'mmpose', dict(type='LiteHRNet', extra=LITEHRNET_18), 64),
-    ('CSPDarknet (YOLOX-s)', 'mmdet', dict(type='CSPDarknet', deepen_factor=0.33, widen_factor=0.5), 64),
-    ('CSPNeXt-s', 'mmdet', dict(type='CSPNeXt', deepen_factor=0.33, widen_factor=0.5), 64),
-    ('Darknet-53', 'mmdet', dict(type='Darknet', depth=53), 64),
-    ('VGG-16-BN', 'mmpretrain', dict(type='VGG', depth=16, norm_cfg=dict(type='BN')), 64),
-    ('DenseNet-121', 'mmpretrain', dict(type='DenseNet', arch='121'), 64),
-    ('RepVGG-A0', 'mmpretrain', dict(type='RepVGG', arch='A0'), 64),
-    ('ConvNeXt-T', 'mmpretrain', dict(type='ConvNeXt', arch='tiny'), 64),
-    ('Swin-T (mmdet)', 'mmdet', dict(type='SwinTransformer'), 64),
-    ('Swin-T (mmpretrain)', 'mmpretrain', dict(type='SwinTransformer', arch='tiny', img_size=64, pad_small_map=True), 64),
-    ('ViT deit-tiny', 'mmpretrain', dict(type='VisionTransformer', arch='deit-tiny', img_size=64, patch_size=16), 64),
-    ('MobileOne-s0', 'mmpretrain', dict(type='MobileOne', arch='s0'), 64),
-]
+SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
+README_HEADING = '## Which backbones prune'
+MAX_CANDIDATES = 8  # stock configs loaded per class to find its smallest one
 
 
 class _Timeout(Exception):
@@ -86,195 +57,503 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def sweep_backbone(name: str, scope: str, cfg: dict, size: int, sparsity: float = 0.5,
-                   time_limit: int = 120) -> dict:
-    """Prune one backbone; returns a table row (status 'yes', 'refused', 'TIMEOUT' or 'CRASH').
+def _one_line(e: BaseException, n: int = 220) -> str:
+    text = str(e).strip()
+    return (f'{type(e).__name__}: {text.splitlines()[0][:n]}' if text else type(e).__name__) \
+        if not isinstance(e, ValueError) else text.splitlines()[0][:n + 200]
 
-    ``time_limit`` seconds bound the pruning (SIGALRM, main thread on POSIX only): Torch-Pruning's
-    group search can run away on some graphs, and the sweep should report that, not hang.
-    """
-    row = dict(backbone=name, registry=f'{scope}.{cfg["type"]}', prunable='', groups='',
-               params_cut='', macs_cut='', note='', seconds=0.0)
-    enter_scope(scope)
-    __import__(f'{scope}.models')
-    torch.manual_seed(0)
-    backbone = MODELS.build(copy.deepcopy(cfg))
-    backbone.eval()
-    x = torch.randn(1, 3, size, size)
-    macs0, params0 = count_macs_params(backbone, x)
-    pruner = L1FilterPruner(sparsity=sparsity)
-    t = time.perf_counter()
-    old = signal.signal(signal.SIGALRM, _alarm) if time_limit else None
+
+# -- which classes, which configs --------------------------------------------------------------
+def registered_backbones(scopes=SCOPES):
+    """``[(scope, class name)]`` of the classes registered from a ``.backbones`` module."""
+    out = []
+    for scope in scopes:
+        registry = importlib.import_module(f'{scope}.registry').MODELS
+        importlib.import_module(f'{scope}.models')
+        out += [(scope, name) for name, cls in sorted(registry.module_dict.items())
+                if '.backbones' in getattr(cls, '__module__', '')]
+    return out
+
+
+def configs_root(scope: str) -> str:
+    return osp.join(osp.dirname(importlib.import_module(scope).__file__), '.mim', 'configs')
+
+
+def _config_index(scope: str):
+    """(text of every config file, {file: files it inherits from}) of a package's configs."""
+    root = configs_root(scope)
+    texts, parents = {}, {}
+    for path in sorted(glob.glob(osp.join(root, '**', '*.py'), recursive=True)):
+        with open(path) as f:
+            texts[path] = f.read()
+    for path, text in texts.items():
+        refs = (osp.normpath(osp.join(osp.dirname(path), r)) for r in re.findall(r"['\"]([^'\"]+\.py)['\"]", text))
+        parents[path] = {r for r in refs if r in texts}
+    return texts, parents
+
+
+_INDEX = {}
+
+
+def candidate_configs(scope: str, name: str):
+    """Non-``_base_`` configs of ``scope`` that write ``type='<name>'`` or inherit a file that does."""
+    if scope not in _INDEX:
+        _INDEX[scope] = _config_index(scope)
+    texts, parents = _INDEX[scope]
+    pat = re.compile(r"type\s*=\s*['\"]%s['\"]" % re.escape(name))
+    hit = {p for p, t in texts.items() if pat.search(t)}
+    changed = True
+    while changed:  # close over inheritance
+        new = {p for p, ps in parents.items() if p not in hit and ps & hit}
+        hit |= new
+        changed = bool(new)
+    return sorted(p for p in hit if '/_base_/' not in p)
+
+
+def _strip_init(cfg):
+    """Remove pretrained-weight initialisation anywhere in a config (no downloads)."""
+    if isinstance(cfg, dict):
+        for k in ('init_cfg', 'pretrained'):
+            cfg.pop(k, None)
+        for v in cfg.values():
+            _strip_init(v)
+    elif isinstance(cfg, (list, tuple)):
+        for v in cfg:
+            _strip_init(v)
+    return cfg
+
+
+def load_stock_config(path: str):
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    _strip_init(cfg.model)
+    cfg.pop('load_from', None)
+    return cfg
+
+
+def _count_params(backbone_cfg: dict) -> int:
+    """Parameter count of a backbone config (built on the meta device where it can be)."""
     try:
-        if time_limit:
-            signal.alarm(time_limit)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            pruner.prune(backbone, x)
-    except _Timeout:
-        row.update(prunable='TIMEOUT', note=f'pruning did not finish within {time_limit} s '
-                   '(Torch-Pruning dependency search)')
-        return row
-    except ValueError as e:
-        row.update(prunable='refused', note=str(e))
-        return row
-    except Exception as e:  # a crash is a bug of ours: show it plainly
-        row.update(prunable='CRASH', note=f'{type(e).__name__}: {str(e).splitlines()[0][:200]}')
-        return row
-    finally:
-        if time_limit:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, old)
-    row['seconds'] = time.perf_counter() - t
+        with torch.device('meta'):
+            m = MODELS.build(copy.deepcopy(backbone_cfg))
+    except Exception:
+        m = MODELS.build(copy.deepcopy(backbone_cfg))
+    return sum(p.numel() for p in m.parameters())
+
+
+def pick_config(scope: str, name: str):
+    """(config path, reason) of the smallest stock config of ``scope.name``; path None if none."""
+    paths = candidate_configs(scope, name)
+    if not paths:
+        return None, 'no stock config uses it'
+    enter_scope(scope)
+    best, errors = None, []
+    for path in paths[:MAX_CANDIDATES]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                cfg = load_stock_config(path)
+                bb = cfg.get('model', {}).get('backbone')
+                if cfg.get('default_scope') != scope or not isinstance(bb, dict) or bb.get('type') != name \
+                        or bb.get('deploy') or 'language_model' in cfg.model:  # a fused copy of a training config: the sweep fuses itself
+                    continue
+                n = _count_params(bb.to_dict())
+        except Exception as e:
+            errors.append(f'{osp.basename(path)}: {_one_line(e, 120)}')
+            continue
+        if best is None or (n, len(osp.basename(path))) < best[1]:  # tie: the plainer model
+            best = (path, (n, len(osp.basename(path))))
+    if best is None:
+        return None, ('no stock config has it as model.backbone' if not errors else
+                      f'its stock configs do not load ({errors[0]})')
+    return best[0], ''
+
+
+def short_config(scope: str, path: str) -> str:
+    return f'{scope}::{osp.relpath(path, configs_root(scope))}'
+
+
+# -- one class through the whole path ------------------------------------------------------------
+def input_size(cfg, scope: str):
+    """(H, W) the stock model is tested on (pose codec input, classification crop), or a default."""
+    bb = cfg.model.backbone
+    if scope == 'mmpose':
+        codec = cfg.get('codec')
+        codec = codec[0] if isinstance(codec, (list, tuple)) else codec
+        if isinstance(codec, dict) and codec.get('input_size'):
+            w, h = codec['input_size'][:2]
+            return int(h), int(w)
+        return 256, 192
+    if scope == 'mmpretrain':
+        size = bb.get('img_size')
+        if size is None:
+            pipeline = (cfg.get('test_dataloader') or {}).get('dataset', {}).get('pipeline', []) or []
+            for t in pipeline:
+                size = t.get('crop_size') or size
+                if t.get('type') == 'ResizeEdge' and size is None:
+                    size = t.get('scale')
+        size = size or 224
+        return (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size[::-1][:2])
+    for t in (cfg.get('test_dataloader') or {}).get('dataset', {}).get('pipeline', []) or []:
+        scale = t.get('scale') if t.get('type') == 'Resize' and t.get('keep_ratio') is False else None
+        if isinstance(scale, (list, tuple)) and max(scale) <= 640:  # SSD300, YOLOv3-416: fixed sizes
+            return int(scale[1]), int(scale[0])
+    return 256, 256
+
+
+def _batch(scope: str, size, n: int = 1, num_classes: int = 80):
+    """A stock-format batch of random images (with data samples where the model needs them)."""
+    h, w = size
+    if scope == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        return demo_mm_inputs(n, image_shapes=(3, h, w), num_items=[2] * n, num_classes=num_classes)
+    if scope == 'mmpose':
+        from mmpose.structures import PoseDataSample
+        samples = [PoseDataSample(metainfo=dict(img_shape=(h, w), input_size=(w, h))) for _ in range(n)]
+        return dict(inputs=[torch.randint(0, 255, (3, h, w), dtype=torch.uint8) for _ in range(n)],
+                    data_samples=samples)
+    return dict(inputs=[torch.randint(0, 255, (3, h, w), dtype=torch.uint8) for _ in range(n)])
+
+
+def _tensor_forward(model: nn.Module, scope: str, size, features: bool = False):
+    """Shapes of the whole model's ``mode='tensor'`` outputs on a random batch (``features``: of
+    ``extract_feat``, backbone + neck, for models whose tensor mode needs trained weights)."""
+    model.eval()
     with torch.no_grad():
-        flatten_outputs(backbone(x))  # forward runs (shapes were checked by the pruner)
-    macs1, params1 = count_macs_params(backbone, x)
-    rep = pruner.report
-    reasons = sorted({r for _, r in rep['skipped']})
-    row.update(prunable='yes' if rep['groups'] else 'nothing to prune',
-               groups=f'{len(rep["groups"])} / {len(rep["skipped"])}',
-               params_cut=f'{100 * (1 - params1 / params0):.1f} %',
-               macs_cut=f'{100 * (1 - macs1 / macs0):.1f} %',
-               note='kept: ' + '; '.join(reasons) if reasons else '')
+        data = model.data_preprocessor(_batch(scope, size), False)
+        out = model.extract_feat(data['inputs']) if features else \
+            model(data['inputs'], data.get('data_samples'), mode='tensor')
+    return [tuple(t.shape) for t in flatten_outputs(out)]
+
+
+def _macs_params(backbone: nn.Module, x: torch.Tensor):
+    """(MACs or None, params) of ``backbone``; MACs are None where the op counter fails on it."""
+    try:
+        return count_macs_params(backbone, x)
+    except Exception:
+        return None, sum(p.numel() for p in backbone.parameters())
+
+
+def backbone_kind(backbone: nn.Module) -> str:
+    """'conv' when conv layers hold most of the weights, else 'transformer'."""
+    conv = sum(p.numel() for m in backbone.modules() if isinstance(m, nn.modules.conv._ConvNd)
+               for p in m.parameters(recurse=False))
+    total = sum(p.numel() for p in backbone.parameters()) or 1
+    return 'conv' if conv >= 0.5 * total else 'transformer'
+
+
+@PRUNERS.register_module(force=True)
+class SweepL1Pruner(L1FilterPruner):
+    """L1FilterPruner that keeps its last report where the sweep can read it."""
+    last = None
+
+    def prune(self, backbone, example_inputs):
+        SweepL1Pruner.last = self
+        return super().prune(backbone, example_inputs)
+
+
+def _stage(row, name):
+    row['stage'] = name
+
+
+def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_limit: int = 600,
+                trace_time_limit: float = 300) -> dict:
+    """Run one class through the whole path (see the module docstring); returns its row.
+
+    ``row['status']``: 'yes' (every stage ran, whole-model output shapes unchanged), 'refused'
+    (the pruner's one-line ValueError), 'FAIL' (another stage failed: ``stage`` names it),
+    'TIMEOUT' (past ``time_limit`` seconds, SIGALRM).
+    """
+    from mmengine.logging import MessageHub
+    from mmengine.optim import build_optim_wrapper
+
+    from dfbf_mm.export import export_pruned_model
+    from dfbf_mm.stock_model import build_stock_model, load_weights, stock_model_cfg
+
+    row = dict(backbone=f'{scope}.{name}', config=short_config(scope, config), kind='', status='',
+               stage='', groups='', params_cut='', macs_cut='', ffn_pruned='', note='', seconds=0.0)
+    start = time.perf_counter()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(time_limit)
+    try:
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+            warnings.simplefilter('ignore')
+            MessageHub.get_current_instance().update_info('iter', 0)
+            _stage(row, 'build')
+            cfg = load_stock_config(config)
+            enter_scope(scope)
+            torch.manual_seed(0)
+            teacher = build_stock_model(cfg)
+            deploy_form = reparameterize(teacher, cfg)  # RepVGG & co: prune the fused form
+            size = input_size(cfg, scope)
+            # the default distillation taps are norm layers; a fused backbone has none: distil its outputs
+            has_norm = any(isinstance(m, NORM_TYPES) for m in teacher.backbone.modules())
+            row['kind'] = backbone_kind(teacher.backbone)
+            x = torch.randn(1, 3, *size)
+            teacher.backbone.eval()
+            macs0, params0 = _macs_params(teacher.backbone, x)
+            _stage(row, 'stock forward')
+            ref_feats = _tensor_forward(teacher, scope, size, True)
+            try:
+                ref_shapes = _tensor_forward(teacher, scope, size)
+            except Exception as e:  # e.g. HTC's cascade drops every random-weight proposal
+                ref_shapes, row['note'] = None, f'tensor mode of the unpruned model fails too ({_one_line(e, 80)})'
+            # RoI heads: how many random-weight proposals survive NMS depends on the weights
+            compare_tensor = ref_shapes is not None and not hasattr(teacher, 'rpn_head')
+            ckpt = osp.join(tmp, 'teacher.pth')
+            torch.save(dict(state_dict=teacher.state_dict()), ckpt)
+            del teacher
+            _stage(row, 'prune')
+            SweepL1Pruner.last = None
+            try:
+                distiller = MODELS.build(dict(
+                    type='DataFreeDistiller', model=stock_model_cfg(cfg), teacher_checkpoint=ckpt,
+                    pruner=dict(type='SweepL1Pruner', sparsity=sparsity, trace_time_limit=trace_time_limit),
+                    input_size=size,
+                    # a fused backbone has no norm layers (the default taps): distil its outputs
+                    distill=None if has_norm else dict(out_weight=1.0)))
+            except ValueError as e:
+                if SweepL1Pruner.last is None:
+                    raise
+                row.update(status='refused', note=_one_line(e))
+                return row
+            tensor_note = row['note']
+            rep = SweepL1Pruner.last.report
+            student = distiller.student
+            student.backbone.eval()
+            macs1, params1 = _macs_params(student.backbone, x)
+            reasons = sorted({r for _, r in rep['skipped']})
+            modules = dict(student.backbone.named_modules())
+            ffn = [g for g in rep['groups'] if isinstance(modules.get(g['root']), nn.Linear)]
+            row.update(groups=f'{len(rep["groups"])} / {len(rep["skipped"])}',
+                       params_cut=f'{100 * (1 - params1 / params0):.1f} %',
+                       macs_cut=f'{100 * (1 - macs1 / macs0):.1f} %' if macs0 and macs1 else 'n/a',
+                       ffn_pruned=str(len(ffn)),
+                       note='; '.join(n for n in (tensor_note, 'kept: ' + '; '.join(reasons) if reasons else '') if n))
+            _stage(row, 'distill step')
+            distiller.train()
+            optim = build_optim_wrapper(distiller, dict(optimizer=dict(type='SGD', lr=1e-4)))
+            distiller.train_step(dict(inputs=[torch.randn(3, *size) for _ in range(2)]), optim)
+            _stage(row, 'export')
+            distiller.before_export()
+            paths = export_pruned_model(distiller.student, cfg, distiller.channel_spec, osp.join(tmp, 'out'))
+            del distiller, student
+            _stage(row, 'strict reload')
+            from mmengine.config import Config
+            deployed = build_stock_model(Config.fromfile(paths['config']))
+            load_weights(deployed, paths['checkpoint'], strict=True)
+            _stage(row, 'forward')
+            feats = _tensor_forward(deployed, scope, size, True)
+            if feats != ref_feats:
+                raise RuntimeError(f'backbone/neck output shapes changed: {ref_feats[:3]} -> {feats[:3]}')
+            if ref_shapes is not None:
+                shapes = _tensor_forward(deployed, scope, size)
+                if compare_tensor and shapes != ref_shapes:
+                    raise RuntimeError(f'whole-model output shapes changed: {ref_shapes[:3]} -> {shapes[:3]}')
+            row.update(status='yes', stage='')
+            if deploy_form:
+                row['note'] = f'pruned in deploy form (switch_to_deploy, deploy=True exported); {row["note"]}'.rstrip('; ')
+    except _Timeout:
+        row.update(status='TIMEOUT', note=f'stopped after {time_limit} s at stage {row["stage"]}')
+    except Exception as e:
+        row.update(status='FAIL', note=f'{row["stage"]}: {_one_line(e)}')
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        row['seconds'] = round(time.perf_counter() - start, 1)
+        gc.collect()
     return row
 
 
-def format_table(rows, sparsity: float, size_note: str = '') -> str:
-    """Markdown table of sweep rows."""
-    lines = [f'| backbone | registry type | prunable | groups pruned / kept | params cut | '
-             f'MACs cut (s={sparsity}) | kept groups / reason refused |',
-             '|---|---|---|---|---|---|---|']
+def sweep_backbone(name: str, scope: str, cfg: dict, size: int, sparsity: float = 0.5) -> dict:
+    """Prune a bare backbone built from ``cfg`` (no stock model): the fast check of the tests."""
+    enter_scope(scope)
+    importlib.import_module(f'{scope}.models')
+    torch.manual_seed(0)
+    backbone = MODELS.build(copy.deepcopy(cfg))
+    backbone.eval()  # (some stock train() overrides return None)
+    x = torch.randn(1, 3, size, size)
+    macs0, params0 = count_macs_params(backbone, x)
+    row = dict(backbone=name, status='', params_cut='', macs_cut='', note='')
+    pruner = L1FilterPruner(sparsity=sparsity)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            pruner.prune(backbone, x)
+    except ValueError as e:
+        row.update(status='refused', note=str(e))
+        return row
+    with torch.no_grad():
+        flatten_outputs(backbone(x))
+    macs1, params1 = count_macs_params(backbone, x)
+    row.update(status='yes', params_cut=f'{100 * (1 - params1 / params0):.1f} %',
+               macs_cut=f'{100 * (1 - macs1 / macs0):.1f} %',
+               note='kept: ' + '; '.join(sorted({r for _, r in pruner.report['skipped']})))
+    return row
+
+
+# -- the JSON store and the tables ---------------------------------------------------------------
+def load_rows(path: str) -> dict:
+    if not path or not osp.isfile(path):
+        return {}
+    with open(path) as f:
+        return {r['backbone']: r for r in json.load(f)['rows']}
+
+
+def save_rows(path: str, rows: dict, sparsity: float) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(dict(sparsity=sparsity, rows=sorted(rows.values(), key=lambda r: r['backbone'])), f, indent=1)
+    os.replace(tmp, path)
+
+
+def _pct(cell: str) -> float:
+    return float(cell.rstrip(' %')) if cell else 0.0
+
+
+def summary(rows) -> dict:
+    """Counts behind the floors of the sweep (issue 13)."""
+    swept = [r for r in rows if r['status'] != 'no config']
+    conv = [r for r in swept if r['kind'] == 'conv']
+    conv_ok = [r for r in conv if r['status'] == 'yes' and _pct(r['params_cut']) >= 10]
+    trans = [r for r in swept if r['kind'] == 'transformer']
+    trans_ok = [r for r in trans if (r['status'] == 'yes' and int(r['ffn_pruned'] or 0) > 0) or r['status'] == 'refused']
+    return dict(classes=len(rows), swept=len(swept), ok=sum(r['status'] == 'yes' for r in swept),
+                conv=len(conv), conv_ok=len(conv_ok), transformer=len(trans), transformer_ok=len(trans_ok),
+                refused=sum(r['status'] == 'refused' for r in swept),
+                failed=sum(r['status'] in ('FAIL', 'TIMEOUT', 'CRASH') for r in swept),
+                unknown_kind=sum(not r['kind'] for r in swept))
+
+
+def _cell(text: str) -> str:
+    return str(text).replace('|', '/').replace('\n', ' ')
+
+
+def format_table(rows, short: bool = False) -> str:
+    rows = [r for r in rows if r['status'] != 'no config']
+    if short:
+        lines = ['| backbone | stock config | kind | result | params cut | MACs cut | reason refused / failed |',
+                 '|---|---|---|---|---|---|---|']
+        for r in rows:
+            why = r['note'] if r['status'] != 'yes' else ''
+            lines.append(f'| {r["backbone"]} | {r["config"]} | {r["kind"] or "?"} | {r["status"]} | '
+                         f'{r["params_cut"] or "—"} | {r["macs_cut"] or "—"} | {_cell(why)} |')
+        return '\n'.join(lines)
+    lines = ['| backbone | stock config | kind | result | groups pruned / kept | params cut | MACs cut | '
+             'FFN groups | s | kept groups / reason refused or failed |', '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        note = r['note'].replace('|', '/')
-        lines.append(f'| {r["backbone"]} | {r["registry"]} | {r["prunable"]} | {r["groups"]} | '
-                     f'{r["params_cut"]} | {r["macs_cut"]} | {note} |')
+        lines.append(f'| {r["backbone"]} | {r["config"]} | {r["kind"] or "?"} | {r["status"]} | {r["groups"]} | '
+                     f'{r["params_cut"]} | {r["macs_cut"]} | {r["ffn_pruned"]} | {r["seconds"]:.0f} | {_cell(r["note"])} |')
     return '\n'.join(lines)
 
 
-COLUMNS = ('backbone', 'registry', 'prunable', 'groups', 'params_cut', 'macs_cut', 'note')
-README_HEADING = '## Which backbones prune'
-RERUN_PREFIX = 'Rows re-run with '
+def summary_text(rows, sparsity: float) -> str:
+    s = summary(rows)
+    none = sorted(r['backbone'] for r in rows if r['status'] == 'no config')
+    return (f'{s["classes"]} backbone classes registered; {s["swept"]} have a stock config and were swept at '
+            f'sparsity {sparsity}: {s["ok"]} ran the whole path, {s["refused"]} were refused by the pruner, '
+            f'{s["failed"]} failed elsewhere. Conv backbones: {s["conv_ok"]} of {s["conv"]} pruned with '
+            f'>= 10 % of their parameters removed and every output shape intact; transformer backbones: '
+            f'{s["transformer_ok"]} of {s["transformer"]} pruned their FFN hidden units or were refused in one line.'
+            + (f' No stock config: {", ".join(none)}.' if none else ''))
 
 
-def parse_table(text: str):
-    """(sparsity, rows) of a sweep markdown written by :func:`main` (rows as dicts, no seconds)."""
-    m = re.search(r'\| MACs cut \(s=([0-9.]+)\) \|', text)
-    if not m:
-        raise ValueError('--merge: the existing --out has no sweep table')
-    rows = []
-    for line in text[m.end():].splitlines()[2:]:
-        if not line.startswith('| '):
-            break
-        cells = [c.strip() for c in line.strip().strip('|').split(' | ')]
-        if len(cells) != len(COLUMNS):
-            raise ValueError(f'--merge: cannot read the table row {line[:60]!r}')
-        rows.append(dict(zip(COLUMNS, cells)))
-    return float(m.group(1)), rows
+def write_markdown(path: str, rows, sparsity: float) -> str:
+    text = (f'# Backbone sweep\n\nGenerated by `python tools/backbone_sweep.py --sparsity {sparsity}` '
+            '(rows in `docs/backbone_sweep.json`): each class registered from a `models.backbones` module '
+            'of mmdet, mmpose and mmpretrain, in its smallest stock config (random weights), goes through '
+            'the whole path: build the stock model, prune its backbone with L1FilterPruner (uniform '
+            'sparsity, residual streams and output widths kept) inside DataFreeDistiller, one distillation '
+            'step, export_pruned_model, rebuild of the deploy config with the stock registry and strict '
+            'load, one tensor-mode forward of the whole model with output shapes compared to the unpruned '
+            'model. Input: the pose codec input size, the classification test crop, 256x256 for detection. '
+            'kind: conv when conv layers hold most weights. Params/MACs of the backbone '
+            '(dfbf_mm.export.count_macs_params); s: seconds of the row on this machine.\n\n'
+            + summary_text(rows, sparsity) + '\n\n' + format_table(rows) + '\n')
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+    return text
 
 
-def merge_rows(old_rows, new_rows):
-    """``old_rows`` with the rows of the same backbone replaced by ``new_rows``, in BACKBONES order
-    (rows of backbones no longer listed stay at the end)."""
-    new = {r['backbone']: r for r in new_rows}
-    merged = [new.pop(r['backbone'], r) for r in old_rows] + list(new.values())
-    order = {b[0]: i for i, b in enumerate(BACKBONES)}
-    return sorted(merged, key=lambda r: order.get(r['backbone'], len(order)))
-
-
-def rerun_notes(old_text: str, names, command: str):
-    """The "Rows re-run with ..." lines of ``old_text`` minus ``names``, plus one for this run."""
-    notes = []
-    for line in old_text.splitlines():
-        if not line.startswith(RERUN_PREFIX):
-            continue
-        head, _, listed = line.rpartition(': ')
-        keep = [n for n in listed.rstrip('.').split(', ') if n and n not in names]
-        if keep:
-            notes.append(f'{head}: {", ".join(keep)}.')
-    notes.append(f'{RERUN_PREFIX}`{command}`: {", ".join(names)}.')
-    return notes
-
-
-def readme_table(rows) -> str:
-    """The short table of README.md's "Which backbones prune" section."""
-    lines = ['| backbone | prunable | params cut | MACs cut |', '|---|---|---|---|']
-    for r in rows:
-        lines.append(f'| {r["backbone"]} | {r["prunable"]} | {r["params_cut"] or "—"} | {r["macs_cut"] or "—"} |')
-    return '\n'.join(lines)
-
-
-def update_readme(path: str, rows) -> None:
-    """Replace the table under README_HEADING in ``path`` (nothing else)."""
+def update_readme(path: str, rows, sparsity: float) -> None:
+    """Replace the summary line and table under README_HEADING in ``path`` (nothing else)."""
     with open(path) as f:
         text = f.read()
     start = text.find(README_HEADING)
     if start < 0:
         raise ValueError(f'--readme: {path} has no "{README_HEADING}" section')
-    m = re.compile(r'^\| backbone \| prunable \|.*\n(?:\|.*\n?)*', re.M).search(text, start)
     nxt = text.find('\n## ', start + len(README_HEADING))
-    if not m or (nxt >= 0 and m.start() > nxt):
+    end = nxt if nxt >= 0 else len(text)
+    m = re.compile(r'^\| backbone \|.*\n(?:\|.*\n?)*', re.M).search(text, start, end)
+    if not m:
         raise ValueError(f'--readme: no backbone table under "{README_HEADING}" in {path}')
-    table = readme_table(rows) + ('\n' if m.group(0).endswith('\n') else '')
+    head = text[:m.start()]
+    marker = '<!-- sweep summary -->'
+    block = f'{marker}\n{summary_text(rows, sparsity)}\n\n'
+    i = head.find(marker, start)
+    head = head[:i] + block if i >= 0 else head + block
+    table = format_table(rows, short=True) + ('\n' if m.group(0).endswith('\n') else '')
     with open(path, 'w') as f:
-        f.write(text[:m.start()] + table + text[m.end():])
+        f.write(head + table + text[m.end():])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--sparsity', type=float, default=0.5)
+    p.add_argument('--json', default='docs/backbone_sweep.json', help='rows, merged after each class')
     p.add_argument('--out', default='docs/backbone_sweep.md')
-    p.add_argument('--only', nargs='*', default=None, help='backbone names to run')
-    p.add_argument('--time-limit', type=int, default=120, help='seconds per backbone')
-    p.add_argument('--merge', action='store_true',
-                   help='with --only: replace only these rows of the existing --out, keep the others')
     p.add_argument('--readme', default=None, help='also rewrite the backbone table of this README')
+    p.add_argument('--only', nargs='*', default=None, help='SCOPE.CLASS names to (re-)run')
+    p.add_argument('--redo', action='store_true', help='re-run rows already in --json')
+    p.add_argument('--time-limit', type=int, default=600, help='seconds per class')
+    p.add_argument('--report-only', action='store_true', help='only rewrite --out/--readme from --json')
     args = p.parse_args(argv)
-    unknown = sorted(set(args.only or []) - {b[0] for b in BACKBONES})
-    if unknown:
-        p.error(f'--only: unknown backbone(s) {unknown}; known: {[b[0] for b in BACKBONES]}')
-    if args.merge and not (args.only and args.out and osp.isfile(args.out)):
-        p.error('--merge needs --only NAME ... and an existing --out file')
-    todo = [b for b in BACKBONES if not args.only or b[0] in args.only]
-    try:
-        from tqdm import tqdm
-        todo_iter = tqdm(todo, desc='backbones', file=sys.stderr)
-    except ImportError:
-        todo_iter = todo
-    rows = []
-    for n, s, c, size in todo_iter:
-        rows.append(sweep_backbone(n, s, c, size, args.sparsity, args.time_limit))
-        print(f'{n}: {rows[-1]["prunable"]} ({rows[-1]["seconds"]:.2f} s pruning)', file=sys.stderr)
-    notes = []
-    if args.merge:
-        with open(args.out) as f:
-            old_text = f.read()
-        old_sparsity, old_rows = parse_table(old_text)
-        if old_sparsity != args.sparsity:
-            p.error(f'--merge: {args.out} was made with --sparsity {old_sparsity}, not {args.sparsity}')
-        command = 'python tools/backbone_sweep.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        notes = rerun_notes(old_text, [r['backbone'] for r in rows], command)
-        rows = merge_rows(old_rows, rows)
-    table = format_table(rows, args.sparsity)
-    ok = sum(r['prunable'] == 'yes' for r in rows)
-    timeouts = any(r['prunable'] == 'TIMEOUT' for r in rows)
-    text = (f'# Backbone sweep\n\nGenerated by `python tools/backbone_sweep.py --sparsity {args.sparsity}`: '
-            f'L1FilterPruner (uniform sparsity, residual streams and output widths kept) on '
-            f'randomly initialised backbones, input 1x3xSxS (S=32 for CIFAR nets, else 64); '
-            f'MACs from dfbf_mm.export.count_macs_params (torch_pruning.utils.count_ops_and_params with '
-            f'subclasses of the layer types it counts, e.g. the mmcv Linear of transformer FFNs, '
-            f'counted as their base type). '
-            f'{ok} of {len(rows)} backbones '
-            f'pruned with every output shape unchanged; the others were refused with the '
-            f'message shown' + (' (TIMEOUT: stopped after the time shown on this machine)' if timeouts else '')
-            + '.\n\n' + ''.join(n + '\n\n' for n in notes) + f'{table}\n')
-    print(text)
+    rows = load_rows(args.json)
+    if rows:
+        with open(args.json) as f:
+            if json.load(f).get('sparsity') != args.sparsity:
+                p.error(f'--sparsity: {args.json} was made with another sparsity; pass another --json')
+    if not args.report_only:
+        classes = registered_backbones()
+        known = {f'{s}.{n}' for s, n in classes}
+        unknown = sorted(set(args.only or []) - known)
+        if unknown:
+            p.error(f'--only: unknown backbone class(es) {unknown}; known: {sorted(known)}')
+        for scope, name in classes:
+            key = f'{scope}.{name}'
+            if args.only is not None and key not in args.only:
+                continue
+            old = rows.get(key)
+            if old is not None and old['status'] != 'RUNNING' and not (args.redo or args.only):
+                continue
+            if old is not None and old['status'] == 'RUNNING' and not (args.redo or args.only):
+                old.update(status='CRASH', note=f'the sweep process died at stage {old["stage"] or "?"} '
+                           '(out of memory?)')
+                save_rows(args.json, rows, args.sparsity)
+                continue
+            config = osp.join(configs_root(scope), old['config'].split('::', 1)[1]) if (old or {}).get('config') else None
+            if not config or not osp.isfile(config):
+                config, why = pick_config(scope, name)
+            if config is None:
+                rows[key] = dict(backbone=key, config='', kind='', status='no config', stage='', groups='',
+                                 params_cut='', macs_cut='', ffn_pruned='', note=why, seconds=0.0)
+            else:
+                rows[key] = dict(backbone=key, config=short_config(scope, config), status='RUNNING', stage='',
+                                 kind='', groups='', params_cut='', macs_cut='', ffn_pruned='', note='', seconds=0.0)
+                save_rows(args.json, rows, args.sparsity)
+                rows[key] = sweep_class(scope, name, config, args.sparsity, args.time_limit)
+            save_rows(args.json, rows, args.sparsity)
+            r = rows[key]
+            print(f'{key}: {r["status"]} {r["params_cut"]} ({r["seconds"]} s) {r["note"][:150]}', file=sys.stderr,
+                  flush=True)
+    ordered = sorted(rows.values(), key=lambda r: r['backbone'])
     if args.out:
-        os.makedirs(osp.dirname(args.out) or '.', exist_ok=True)
-        with open(args.out, 'w') as f:
-            f.write(text)
+        write_markdown(args.out, ordered, args.sparsity)
     if args.readme:
-        update_readme(args.readme, rows)
-    return rows
+        update_readme(args.readme, ordered, args.sparsity)
+    print(summary_text(ordered, args.sparsity))
+    return ordered
 
 
 if __name__ == '__main__':

@@ -59,8 +59,13 @@ def tolerant_index_mapping():
             pass
 
     def update_concat(graph, node):
+        if node.type == ops.OPTYPE.CONCAT and node.module.concat_sizes is None:
+            node.module.concat_sizes = concat_sizes_from_splits(graph, node)
         try:
             concat(graph, node)
+            if node.type == ops.OPTYPE.CONCAT and node.module.offsets is None and _feeds_channel_concat(graph, node):
+                with _no_out_size_check():  # the size check inferred the outer concat's width
+                    concat(graph, node)
         except TypeError:
             setattr(node.module, UNMAPPED, True)
 
@@ -72,6 +77,95 @@ def tolerant_index_mapping():
     finally:
         index_mapping.update_reshape_index_mapping = reshape
         index_mapping.update_concat_index_mapping = concat
+
+
+# single-input autograd ops that keep the channel count (walked back from a concat input)
+_CHANNEL_KEEPING_FNS = ('relu', 'gelu', 'silu', 'sigmoid', 'hardswish', 'hardsigmoid', 'leakyrelu', 'elu',
+                        'clone', 'avgpool', 'maxpool', 'adaptiveavgpool', 'adaptivemaxpool', 'mulbackward0s',
+                        'nativebatchnorm', 'cudnnbatchnorm', 'nativedropout', 'tobackward')
+
+
+def _split_chunk_width(fn, nr: int) -> Optional[int]:
+    """Channels of output ``nr`` of a channel split/chunk autograd node, or None."""
+    sizes, dim = getattr(fn, '_saved_self_sym_sizes', None), getattr(fn, '_saved_dim', None)
+    if sizes is None or dim != 1:
+        return None
+    split = getattr(fn, '_saved_split_sizes', None)
+    if split is None:
+        size = getattr(fn, '_saved_split_size', None)
+        if not size:
+            return None
+        total = int(sizes[1])
+        split = [size] * (total // size) + ([total % size] if total % size else [])
+    return int(split[nr]) if nr < len(split) else None
+
+
+def concat_sizes_from_splits(graph, cat_node) -> Optional[list]:
+    """Input widths of a channel concat, or None when Torch-Pruning's inference is enough.
+
+    Torch-Pruning infers a split chunk fed (directly or through an activation or pooling) into a
+    concat as the width of the whole split input (Res2Net's ``cat((out, spx[-1]))``), so the
+    offsets do not add up and the concat stays unmapped. Here such an input gets the width of its
+    chunk, read from the split's autograd node; the other inputs keep Torch-Pruning's inference.
+    """
+    from torch_pruning.dependency import shape_infer
+    fns = list(cat_node.grad_fn.next_functions)
+    chunks = [_walk_to_split(fn, nr) for fn, nr in fns]
+    if len(fns) != len(cat_node.inputs) or all(c is None for c in chunks):
+        return None
+    sizes = []
+    for width, node in zip(chunks, cat_node.inputs):
+        if width is None:
+            width = shape_infer.infer_channels_between(graph, node, cat_node)
+        if width is None:
+            return None
+        sizes.append(width)
+    return sizes
+
+
+def _feeds_channel_concat(graph, cat_node, depth: int = 8) -> bool:
+    """True when ``cat_node`` (input widths known) is an input of a channel concat of the width
+    they add up to (Res2Net's ``cat((cat((a, b)), c))``): Torch-Pruning checks a concat's width
+    against the width it infers downstream, which behind another concat is the outer width."""
+    sizes = cat_node.module.concat_sizes
+    if depth <= 0 or not sizes or any(s is None for s in sizes) or len(cat_node.outputs) != 1:
+        return False
+    outer = cat_node.outputs[0]
+    if outer.type != ops.OPTYPE.CONCAT or outer.grad_fn is None:
+        return False
+    pos = [i for i, (f, _) in enumerate(outer.grad_fn.next_functions) if f is cat_node.grad_fn]
+    outer_sizes = outer.module.concat_sizes
+    if len(pos) != 1 or not outer_sizes or pos[0] >= len(outer_sizes) or outer_sizes[pos[0]] != sum(sizes):
+        return False
+    return outer.module.offsets is not None or _feeds_channel_concat(graph, outer, depth - 1)
+
+
+@contextmanager
+def _no_out_size_check():
+    from torch_pruning.dependency import shape_infer
+    infer = shape_infer.infer_in_channels_recursively
+    shape_infer.infer_in_channels_recursively = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        shape_infer.infer_in_channels_recursively = infer
+
+
+def _walk_to_split(fn, nr: int, hops: int = 4) -> Optional[int]:
+    """Chunk width when ``fn`` (output ``nr``) is a split, or reaches one through channel-keeping ops."""
+    for _ in range(hops):
+        if fn is None:
+            return None
+        name = fn.name().lower()
+        if 'split' in name:
+            return _split_chunk_width(fn, nr)
+        if not any(k in name for k in _CHANNEL_KEEPING_FNS):
+            return None
+        nxt = [(f, n) for f, n in fn.next_functions if f is not None and 'accumulategrad' not in f.name().lower()]
+        if len(nxt) != 1:
+            return None
+        fn, nr = nxt[0]
+    return None
 
 
 def update_index_mapping(graph: tp.DependencyGraph, skip: Collection = ()) -> None:
