@@ -14,6 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_mod
 
 from .config_utils import plain
 from .registry import MODELS
+from .utils import first_line
 
 SUPPORTED_SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
 TASK_OF_SCOPE = {'mmdet': 'detection', 'mmpose': 'pose', 'mmpretrain': 'classification'}
@@ -73,7 +74,7 @@ def read_checkpoint(checkpoint: str, field: str = 'checkpoint') -> Tuple[dict, d
         ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     except Exception as e:  # corrupt file, not a torch checkpoint
         raise ValueError(f'{field}: {checkpoint!r} is not a readable checkpoint '
-                         f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+                         f'({type(e).__name__}: {first_line(e)})') from None
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{field}: {checkpoint!r} holds no state_dict')
@@ -90,6 +91,16 @@ def load_weights(model: torch.nn.Module, checkpoint: str, field: str = 'checkpoi
     check_state_dict_fits(model, state, field, checkpoint, strict)
     _load_checkpoint_to_model(model, ckpt, strict=False)
     return ckpt
+
+
+def build_teacher(model_cfg: dict, checkpoint: str,
+                  field: str = 'dfbf.teacher_checkpoint') -> torch.nn.Module:
+    """The trained model of ``model_cfg`` with ``checkpoint`` loaded strictly (a backbone
+    is required: it is what dfbf_mm prunes)."""
+    teacher = build_model(model_cfg)
+    get_backbone(teacher, 'model')
+    load_weights(teacher, checkpoint, field)
+    return teacher
 
 
 def state_dict_diff(state: dict, own: dict) -> Tuple[list, list, list]:

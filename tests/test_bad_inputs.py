@@ -186,7 +186,7 @@ CASES = [
     ('synthesize', lambda u, s: _synth(u, s, 'cls_teacher.pth', '--batch-size', '0'),
      r'^--batch-size: DeepInversion needs at least 2 images per batch, got 0'),
     ('synthesize', lambda u, s: _synth(u, s, 'cls_teacher.pth', O, 'dfbf.synthetic_data.batch_size=1'),
-     r'^dfbf\.synthetic_data\.batch_size: DeepInversion needs at least 2'),
+     r'^dfbf\.synthetic_data\.batch_size: must be an integer >= 2 \(per-batch BN statistics'),
     ('synthesize', lambda u, s: _synth(u, s, 'cls_teacher.pth', O, 'dfbf.synthetic_data.size=32'),
      r"^dfbf\.synthetic_data: unknown key 'size'"),
     ('synthesize', lambda u, s: _synth(u, s, 'cls_teacher.pth', O, 'dfbf.synthesizer'),

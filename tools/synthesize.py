@@ -16,9 +16,8 @@ from mmengine.config import Config
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from dfbf_mm.cli import ArgumentParser, add_cfg_options, merge_cfg_options, run_cli  # noqa: E402
-from dfbf_mm.config_utils import check_keys  # noqa: E402
-from dfbf_mm.engine.dfbf_config import DEFAULT_SYNTHETIC_DATA, SYNTHETIC_DATA_KEYS  # noqa: E402
 from dfbf_mm.registry import SYNTHESIZERS  # noqa: E402
+from dfbf_mm.schema import DFBF, SYNTHETIC_DATA, build_checked  # noqa: E402
 from dfbf_mm.stock_model import (TASK_OF_SCOPE, build_stock_model, config_scope,  # noqa: E402
                                  load_weights, normalization)
 from dfbf_mm.synthesis import SyntheticImageDataset, save_grid, save_pngs, to_uint8  # noqa: E402
@@ -54,30 +53,16 @@ def main(argv=None) -> str:
     cfg = Config.fromfile(args.config)
     merge_cfg_options(cfg, args.cfg_options)
     dfbf = cfg.get('dfbf')
-    if dfbf is None or 'synthesizer' not in dfbf or 'synthetic_data' not in dfbf:
+    if dfbf is None or 'synthesizer' not in dfbf:
         raise ValueError('dfbf: the config needs dfbf = dict(synthesizer=..., synthetic_data=...)')
-    data = dict(DEFAULT_SYNTHETIC_DATA, **dfbf.synthetic_data.to_dict())
-    check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
-    data['num_images'] = args.num_images
-    if args.seed is not None:
-        data['seed'] = args.seed
-    if args.batch_size is not None:
-        data['batch_size'] = args.batch_size
+    overrides = dict(num_images=args.num_images, seed=args.seed, batch_size=args.batch_size)
+    data = SYNTHETIC_DATA.read(dict(dfbf.get('synthetic_data') or {},
+                                    **{k: v for k, v in overrides.items() if v is not None}))
     data['cache_dir'] = data['cache_dir'] or osp.join(args.out, 'cache')
-    if isinstance(data.get('image_size'), int):
-        data['image_size'] = (data['image_size'], data['image_size'])
-    if isinstance(data.get('image_size'), list):
-        data['image_size'] = tuple(data['image_size'])
     task = TASK_OF_SCOPE[config_scope(cfg)]
     # the settings are checked before the model is built and the checkpoint read
-    kind = dfbf.synthesizer.get('type') if isinstance(dfbf.synthesizer, dict) else None
-    if SYNTHESIZERS.get(kind) is None:
-        raise ValueError(f'dfbf.synthesizer.type: {kind!r} is not a registered synthesizer; '
-                         f'registered: {", ".join(sorted(SYNTHESIZERS.module_dict))}')
-    try:
-        synthesizer = SYNTHESIZERS.build(dict(dfbf.synthesizer.to_dict(), _scope_='dfbf_mm'))
-    except ValueError as e:
-        raise _named('dfbf.synthesizer', e) from None
+    synthesizer = build_checked(SYNTHESIZERS, DFBF.read_option('synthesizer', dfbf.get('synthesizer')),
+                                'dfbf.synthesizer')
     try:
         dataset = SyntheticImageDataset(synthesizer=synthesizer, **data)
     except ValueError as e:

@@ -6,33 +6,20 @@ that are already normalised, and returns the DFBF feature loss. Validation and t
 student's whole stock model (pruned backbone, untouched neck and head) through its own data
 preprocessor, so the stock evaluators work unchanged.
 """
-import copy
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.model import BaseModel
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..config_utils import check_keys
-from ..registry import MODELS, PRUNERS
-from ..stock_model import build_model, get_backbone, load_weights
-from .feature_loss import FeatureMimicLoss
+from ..pruning import build_student
+from ..registry import MODELS
+from ..schema import DISTILL, OVERPARAM, SP_LOSS, loss_config
+from ..stock_model import build_teacher
+from ..utils import output_tensors
 from .feature_taps import FeatureRecorder, select_taps
-from .lop import SimilarityPreservingLoss, expand_model, merge_model, merged_copy
-
-BN_POLICIES = ('update', 'frozen')
-DISTILL_KEYS = ('taps', 'distance', 'weights', 'out_weight', 'bn')
-OVERPARAM_KEYS = ('ratio', 'include', 'exclude', 'seed')
-SP_KEYS = ('weight', 'taps')
-
-
-def _as_list(outs) -> list:
-    if isinstance(outs, torch.Tensor):
-        return [outs]
-    if isinstance(outs, dict):
-        return list(outs.values())
-    return [o for o in outs if isinstance(o, torch.Tensor)]
+from .lop import expand_model, merge_model, merged_copy
 
 
 def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[str]):
@@ -40,7 +27,7 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[
     recorder = FeatureRecorder(backbone, taps)
     try:
         outs = backbone(images)
-        return dict(zip(recorder.names, recorder.pop())), _as_list(outs)
+        return dict(zip(recorder.names, recorder.pop())), output_tensors(outs)
     finally:
         recorder.remove()
 
@@ -76,48 +63,32 @@ class DataFreeDistiller(BaseModel):
                  channel_spec: Optional[dict] = None, overparam: Optional[dict] = None,
                  sp_loss: Optional[dict] = None, raw_inputs: bool = False, init_cfg=None):
         super().__init__(data_preprocessor=dict(type='BaseDataPreprocessor'), init_cfg=init_cfg)
-        distill = check_keys(distill, DISTILL_KEYS, 'dfbf.distill')
-        overparam = check_keys(overparam, OVERPARAM_KEYS, 'dfbf.overparam')
-        sp_loss = check_keys(sp_loss, SP_KEYS, 'dfbf.sp_loss')
-        self.bn_policy = distill.get('bn', 'update')
-        if self.bn_policy not in BN_POLICIES:
-            raise ValueError(f'dfbf.distill.bn: {self.bn_policy!r} is not one of {BN_POLICIES}')
-
-        self.teacher = build_model(model)
-        get_backbone(self.teacher, 'model')
-        load_weights(self.teacher, teacher_checkpoint, 'dfbf.teacher_checkpoint')
-        self.student = copy.deepcopy(self.teacher)
+        # the schema's reading of the blocks (idempotent: the engine passes them read already)
+        distill, overparam, sp_loss = DISTILL.read(distill), OVERPARAM.read(overparam), SP_LOSS.read(sp_loss)
+        self.bn_policy = distill['bn']
+        self.teacher = build_teacher(model, teacher_checkpoint)
         example = torch.zeros(1, 3, *input_size)
-        if channel_spec is not None:
-            from ..pruning import apply_channel_spec
-            apply_channel_spec(self.student.backbone, channel_spec)
-            self.channel_spec = channel_spec
-        else:
-            self.channel_spec = PRUNERS.build(pruner).prune(self.student.backbone, example)
+        self.student, self.channel_spec = build_student(self.teacher, example, pruner, channel_spec)
 
         self.teacher.requires_grad_(False)
         self.student.requires_grad_(False)
         self.student.backbone.requires_grad_(True)  # only the student backbone trains
-        self.taps = select_taps(self.teacher.backbone, self.student.backbone, example,
-                                distill.get('taps'))
-        self.loss = FeatureMimicLoss(distance=distill.get('distance', 'l1'),
-                                     weights=distill.get('weights', 2),
-                                     out_weight=distill.get('out_weight', 0.0))
+        self.taps = select_taps(self.teacher.backbone, self.student.backbone, example, distill['taps'])
+        self.loss = MODELS.build(loss_config(distill))
         pruned_layers = self._pruned_layers()
         self.expanded = []
         if overparam:
             self.expanded = expand_model(
-                self.student.backbone, overparam.get('ratio', 1),
-                include=overparam.get('include') or pruned_layers,
-                exclude=overparam.get('exclude'),
-                generator=torch.Generator().manual_seed(overparam.get('seed', 0)))
+                self.student.backbone, overparam['ratio'],
+                include=overparam['include'] or pruned_layers, exclude=overparam['exclude'],
+                generator=torch.Generator().manual_seed(overparam['seed']))
         self.sp_taps, self.sp_loss = [], None
         if sp_loss:
-            taps = sp_loss.get('taps', 'features')
+            taps = sp_loss['taps']
             self.sp_taps = (self.taps if taps == 'features' else
                             pruned_layers if taps == 'layers' else
                             select_taps(self.teacher.backbone, self.student.backbone, example, taps))
-            self.sp_loss = SimilarityPreservingLoss(loss_weight=sp_loss.get('weight', 1.0))
+            self.sp_loss = MODELS.build(dict(type=sp_loss['type'], loss_weight=sp_loss['weight']))
         self.raw_inputs = raw_inputs
         self._merged_student = None  # cached merged copy of an expanded student, for eval
 
@@ -189,8 +160,3 @@ class DataFreeDistiller(BaseModel):
         if self.expanded:
             merge_model(self.student)
             self.expanded = []
-
-    def feature_loss(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The distillation loss terms on ``images`` without a parameter update."""
-        with torch.no_grad():
-            return self.forward(images, mode='loss')

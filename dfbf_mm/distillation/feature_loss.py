@@ -32,14 +32,14 @@ def depth_weights(num_taps: int, weights: Union[int, Sequence[float]]) -> Tuple[
     """w_i = a + b·i/N, i = 1..N, from a preset number or an (a, b) pair."""
     if isinstance(weights, int) and not isinstance(weights, bool):
         if weights not in DEPTH_WEIGHT_PRESETS:
-            raise ValueError(f'distill.weights: preset {weights} does not exist; use 0..11 '
+            raise ValueError(f'weights: preset {weights} does not exist; use 0..11 '
                              'or an (a, b) pair')
         a, b = DEPTH_WEIGHT_PRESETS[weights]
     else:
         try:
             a, b = (float(v) for v in weights)
         except (TypeError, ValueError):
-            raise ValueError(f'distill.weights: {weights!r} is neither a preset number 0..11 nor '
+            raise ValueError(f'weights: {weights!r} is neither a preset number 0..11 nor '
                              'an (a, b) pair') from None
     n = max(num_taps, 1)
     return tuple(a + b * i / n for i in range(1, num_taps + 1))
@@ -59,7 +59,7 @@ class FeatureMimicLoss(nn.Module):
                  out_weight: float = 0.0):
         super().__init__()
         if distance not in DISTANCES:
-            raise ValueError(f'distill.distance: {distance!r} is not one of '
+            raise ValueError(f'distance: {distance!r} is not one of '
                              f'{", ".join(DISTANCES)}')
         depth_weights(1, weights)  # validate early
         self.distance = distance

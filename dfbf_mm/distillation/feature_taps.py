@@ -6,12 +6,12 @@ every ResNet block (before the residual addition) and the BN after each unpruned
 general rule here is "every normalisation layer of the backbone whose width is unpruned", in
 forward order. Name patterns from the config override the automatic choice.
 """
-import fnmatch
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from ..utils import eval_mode, matches_any, pattern_matches
 
 NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
@@ -30,13 +30,10 @@ def forward_order(module: nn.Module, example: torch.Tensor) -> List[str]:
     first_call: Dict[str, None] = {}  # insertion-ordered set
     handles = [sub.register_forward_hook(lambda m, i, o, name=name: first_call.setdefault(name))
                for name, sub in module.named_modules() if name]
-    was_training = module.training
     try:
-        module.eval()
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             module(example)
     finally:
-        module.train(was_training)
         for h in handles:
             h.remove()
     return list(first_call)
@@ -49,7 +46,7 @@ def select_taps(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
     Args:
         teacher, student: the unpruned and the pruned backbone (same module names).
         example: an input for one forward pass that fixes the forward order.
-        patterns: fnmatch patterns of module names; default: unpruned-width norm layers.
+        patterns: module name patterns (fnmatch or ``re:``); default: unpruned-width norm layers.
     """
     teacher_modules = dict(teacher.named_modules())
     student_modules = dict(student.named_modules())
@@ -59,12 +56,12 @@ def select_taps(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
         if t is None:
             continue
         if patterns:
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            if matches_any(name, patterns):
                 candidates.append(name)
         elif isinstance(s, NORM_TYPES) and _width(s) is not None and _width(s) == _width(t):
             candidates.append(name)
     if patterns:
-        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in candidates)]
+        unmatched = [p for p in patterns if not any(pattern_matches(p, n) for n in candidates)]
         if unmatched:
             raise ValueError(f'distill.taps: pattern {unmatched[0]!r} matches no module called in '
                              f'the backbone forward (e.g. {", ".join(list(student_modules)[1:4])})')

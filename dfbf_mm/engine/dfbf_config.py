@@ -16,67 +16,23 @@ import os.path as osp
 from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
 
-from ..config_utils import check_keys, plain
-from ..registry import PRUNERS, SYNTHESIZERS
+from ..config_utils import plain
+from ..registry import SYNTHESIZERS
+from ..schema import build_checked, read_dfbf
 from ..stock_model import TASK_OF_SCOPE, config_scope, enter_scope, stock_model_cfg
-from ..synthesis.inversion_target import INVERT, check_synthesis_sizes
+from ..synthesis.inversion_target import check_synthesis_sizes
 
-DFBF_KEYS = ('teacher_checkpoint', 'pruner', 'synthesizer', 'synthetic_data', 'distill',
-             'schedule', 'overparam', 'sp_loss', 'export', 'keep_custom_hooks', 'train_data')
-# what the student is fine-tuned on: DeepInversion images (the method), or, as baselines with the
-# same loss and budget, Gaussian noise and the real train split (num_images of it)
-TRAIN_DATA = ('synthetic', 'noise', 'real')
-SYNTHETIC_DATA_KEYS = ('num_images', 'batch_size', 'image_size', 'seed', 'cache_dir', 'num_classes',
-                       'chain_length', 'invert')
-SCHEDULE_KEYS = ('epochs', 'lr', 'lr_steps', 'gamma', 'momentum', 'weight_decay', 'val_interval',
-                 'checkpoint_interval')
-
-# DFBF reference fine-tuning (spec §4): SGD 0.01, momentum 0.9, wd 5e-4, MultiStep x0.1.
-# keys this module replaces; their stock values are restored in the exported deploy config
+# keys this module replaces; stock_config() restores their stock values (the deploy config)
 STOCK_TRAINING_KEYS = ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
                        'auto_scale_lr', 'default_hooks', 'custom_hooks', 'load_from', 'resume')
-DEFAULT_SCHEDULE = dict(epochs=5, lr=0.01, lr_steps=(3,), gamma=0.1, momentum=0.9,
-                        weight_decay=5e-4, val_interval=None, checkpoint_interval=1)
-DEFAULT_SYNTHETIC_DATA = dict(num_images=1600, batch_size=16, image_size=(256, 256), seed=0,
-                              cache_dir=None, num_classes=None, chain_length=1, invert='auto')
-
-
-def _check_type(cfg, registry, field: str):
-    name = cfg.get('type') if isinstance(cfg, dict) else None
-    if registry.get(name) is None:
-        raise ValueError(f'{field}.type: {name!r} is not a registered {registry.name}; '
-                         f'registered: {", ".join(sorted(registry.module_dict))}')
+REWRITTEN_KEYS = STOCK_TRAINING_KEYS + ('model', 'data_preprocessor')
+# keys this module adds (the saved stock values, the task) or that only a dfbf run reads
+ADDED_KEYS = ('dfbf_stock', 'dfbf_task', 'dfbf', 'runner_type')
 
 
 def read_dfbf_block(cfg: Config) -> dict:
-    """The validated ``dfbf`` block with defaults filled in."""
-    if 'dfbf' not in cfg:
-        raise ValueError('dfbf: the config has no `dfbf` block (teacher_checkpoint, pruner, '
-                         'synthesizer, ...); see configs/ for examples')
-    block = plain(cfg.dfbf)
-    check_keys(block, DFBF_KEYS, 'dfbf')
-    for key in ('teacher_checkpoint', 'pruner', 'synthesizer'):
-        if not block.get(key):
-            raise ValueError(f'dfbf.{key}: required')
-    _check_type(block['pruner'], PRUNERS, 'dfbf.pruner')
-    _check_type(block['synthesizer'], SYNTHESIZERS, 'dfbf.synthesizer')
-    data = dict(DEFAULT_SYNTHETIC_DATA, **block.get('synthetic_data', {}))
-    check_keys(data, SYNTHETIC_DATA_KEYS, 'dfbf.synthetic_data')
-    if isinstance(data['image_size'], int):
-        data['image_size'] = (data['image_size'], data['image_size'])
-    data['image_size'] = tuple(int(v) for v in data['image_size'])
-    if data['invert'] not in INVERT:
-        raise ValueError(f"dfbf.synthetic_data.invert: {data['invert']!r} is not one of "
-                         f"{', '.join(INVERT)}")
-    block['synthetic_data'] = data
-    block.setdefault('train_data', 'synthetic')
-    if block['train_data'] not in TRAIN_DATA:
-        raise ValueError(f"dfbf.train_data: {block['train_data']!r} is not one of "
-                         f"{', '.join(TRAIN_DATA)}")
-    schedule = dict(DEFAULT_SCHEDULE, **block.get('schedule', {}))
-    check_keys(schedule, SCHEDULE_KEYS, 'dfbf.schedule')
-    block['schedule'] = schedule
-    return block
+    """The validated ``dfbf`` block with defaults filled in (``dfbf_mm.schema``)."""
+    return read_dfbf(cfg.get('dfbf'))
 
 
 def resume_channel_spec(cfg: Config):
@@ -132,7 +88,7 @@ def to_runner_config(cfg: Config) -> Config:
 
     if dfbf['train_data'] == 'synthetic':  # fail now, not after loading and pruning
         enter_scope(scope)
-        synthesizer = SYNTHESIZERS.build(dict(dfbf['synthesizer'], _scope_='dfbf_mm'))
+        synthesizer = build_checked(SYNTHESIZERS, dfbf['synthesizer'], 'dfbf.synthesizer')
         check_synthesis_sizes(stock_model_cfg(cfg), task, synthesizer, data['image_size'],
                               data['invert'])
 
@@ -142,9 +98,9 @@ def to_runner_config(cfg: Config) -> Config:
         teacher_checkpoint=dfbf['teacher_checkpoint'],
         pruner=dfbf['pruner'],
         input_size=data['image_size'],
-        distill=dfbf.get('distill'),
-        overparam=dfbf.get('overparam'),
-        sp_loss=dfbf.get('sp_loss'),
+        distill=dfbf['distill'],
+        overparam=dfbf['overparam'],
+        sp_loss=dfbf['sp_loss'],
         raw_inputs=dfbf['train_data'] == 'real',
         channel_spec=resume_channel_spec(cfg))
     cfg.data_preprocessor = None  # merged into the stock model above; the distiller has its own
@@ -174,10 +130,10 @@ def to_runner_config(cfg: Config) -> Config:
     default_hooks['checkpoint'] = checkpoint
     cfg.default_hooks = default_hooks
 
-    dfbf_hooks = [dict(type='ChannelSpecHook'), dict(type='ExportHook', **dfbf.get('export', {}))]
+    dfbf_hooks = [dict(type='ChannelSpecHook'), dict(type='ExportHook', **dfbf['export'])]
     if dfbf['train_data'] == 'synthetic':
         dfbf_hooks.insert(0, dict(type='SyntheticDataHook', task=task))
-    stock_hooks = plain(cfg.get('custom_hooks') or []) if dfbf.get('keep_custom_hooks') else []
+    stock_hooks = plain(cfg.get('custom_hooks') or []) if dfbf['keep_custom_hooks'] else []
     cfg.custom_hooks = stock_hooks + dfbf_hooks
     cfg.dfbf_task = task
     return cfg
@@ -186,11 +142,9 @@ def to_runner_config(cfg: Config) -> Config:
 def stock_config(runner_cfg: Config) -> Config:
     """The user's stock config again (without the dfbf block), from a runner config."""
     cfg = copy.deepcopy(runner_cfg)
-    stock = plain(cfg.pop('dfbf_stock'))
-    for key in ('dfbf', 'dfbf_task', 'runner_type', 'data_preprocessor', 'train_dataloader',
-                'train_cfg', 'optim_wrapper', 'param_scheduler', 'auto_scale_lr',
-                'custom_hooks', 'load_from', 'resume'):
+    stock = plain(cfg['dfbf_stock'])
+    for key in REWRITTEN_KEYS + ADDED_KEYS:
         cfg.pop(key, None)
-    for key, value in stock.items():
+    for key, value in stock.items():  # the stock model has its data_preprocessor merged in
         cfg[key] = value
     return cfg

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
+from ..utils import eval_mode, first_line, output_tensors
 from .group_search import UNMAPPED, Deadline, all_groups, is_permuting_op, tolerant_index_mapping
 
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
@@ -32,15 +33,7 @@ _UNSAFE_OPS = (tp_ops._ReshapeOp, tp_ops._UnbindOp, tp_ops._ExpandOp, tp_ops._Sl
 _ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def flatten_outputs(out) -> List[torch.Tensor]:
-    """The tensors of a backbone output (tensor, or nested tuple/list/dict of them), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in flatten_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in flatten_outputs(v)]
-    return []
+flatten_outputs = output_tensors  # the name the pruning code and tests use
 
 
 def _sentinel_for(t: torch.Tensor) -> nn.Module:
@@ -109,19 +102,14 @@ class TraceResult:
 
 def run_backbone(backbone: nn.Module, example_inputs: torch.Tensor, field_name: str = 'example_inputs'):
     """Forward ``backbone`` in eval mode without grad; a failure becomes a one-line error."""
-    was_training = backbone.training
-    backbone.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(backbone), torch.no_grad():
             return backbone(example_inputs)
     except Exception as e:  # too-small input, wrong channel count, ...
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
         raise ValueError(
             f'{field_name}: {type(backbone).__name__} cannot run on an input of shape '
-            f'{tuple(example_inputs.shape)} ({type(e).__name__}: {msg}); is the input smaller '
+            f'{tuple(example_inputs.shape)} ({type(e).__name__}: {first_line(e)}); is the input smaller '
             'than the backbone stride or of the wrong channel count?') from None
-    finally:
-        backbone.train(was_training)
 
 
 def check_outputs(outputs, field_name: str = 'example_inputs') -> List[Tuple[int, ...]]:
@@ -265,7 +253,7 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False)
     except Exception as e:
         raise ValueError(f'backbone: Torch-Pruning cannot trace {type(backbone).__name__} '
-                         f'({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ""})') from None
+                         f'({type(e).__name__}: {first_line(e, 160)})') from None
     finally:
         for n, p in backbone.named_parameters():
             p.requires_grad_(flags.get(n, True))

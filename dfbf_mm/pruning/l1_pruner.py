@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import PRUNERS
+from ..utils import first_line
 from .channel_groups import ChannelGroup, check_outputs, run_backbone, trace_channel_groups
 from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_shapes
 from .group_search import TraceTimeLimitError, pruning_group
@@ -24,8 +25,7 @@ from .ratios import (check_pattern, check_sparsity, kept_channels, layer_depende
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f'{type(e).__name__}: {text.splitlines()[0][:160]}' if text else type(e).__name__
+    return f'{type(e).__name__}: {first_line(e, 160)}' 
 
 
 @PRUNERS.register_module()

@@ -12,10 +12,11 @@ so a ratio that would remove every channel is clamped, never an empty layer.
 Ratio of a group: its override (first matching pattern) if any, else the base sparsity ``s``,
 or with ``layer_dependent`` the DFBF rule: 1.3*s if C >= 500, s if 200 < C < 500, 0.4*s else.
 """
-import fnmatch
 import math
 import re
 from typing import Iterable, List, Optional
+
+from ..utils import check_pattern, pattern_matches  # noqa: F401  (re-exported)
 
 
 def check_sparsity(value, field: str = 'sparsity') -> float:
@@ -45,25 +46,6 @@ def kept_channels(width: int, ratio: float, min_channels: int = 1,
     if round_to and round_to > 1:
         keep = int(math.ceil(keep / round_to)) * round_to
     return min(keep, width)
-
-
-def pattern_matches(pattern: str, name: str) -> bool:
-    """``re:<regex>`` is a full-match regular expression, anything else an fnmatch pattern."""
-    if pattern.startswith('re:'):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
-def check_pattern(pattern, field: str) -> str:
-    """A valid pattern string, or a one-line error."""
-    if not isinstance(pattern, str) or not pattern:
-        raise ValueError(f'{field}: pattern {pattern!r} is not a non-empty string')
-    if pattern.startswith('re:'):
-        try:
-            re.compile(pattern[3:])
-        except re.error as e:
-            raise ValueError(f'{field}: {pattern!r} is not a valid regular expression ({e})') from None
-    return pattern
 
 
 def names_matching(pattern: str, names: Iterable[str]) -> List[str]:

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..registry import SYNTHESIZERS
+from ..utils import eval_mode
 from .bn_statistics import BNStatisticsLoss
 from .inversion_target import check_image_size
 from .presets import NEUTRAL_SETTINGS, get_preset
@@ -57,24 +58,9 @@ def js_competition(teacher_out, student_out, temperature: float) -> torch.Tensor
     return 1.0 - js.clamp(0.0, 1.0)
 
 
-@contextlib.contextmanager
 def frozen_eval(*modules: Optional[nn.Module]):
     """Eval mode and ``requires_grad=False`` inside; every module's previous state after."""
-    modules = [m for m in modules if m is not None]
-    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
-    grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    try:
-        for m in modules:
-            m.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for sub, mode in modes:
-            sub.training = mode
-        for p, flag in grads:
-            p.requires_grad_(flag)
-
+    return eval_mode(*modules, frozen=True)
 
 
 def check_batch_shape(batch_size, image_size) -> None:

@@ -6,18 +6,17 @@ so by default (``invert='auto'``) only its backbone (where the pruning happens) 
 ``invert='model'`` runs the whole model in tensor mode instead, so the BN statistics of the
 neck and head constrain the images too (more layers remembering the training data).
 """
-import contextlib
 import itertools
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..schema import INVERT, TASKS  # noqa: F401  (re-exported)
 from ..stock_model import build_model, get_backbone
+from ..utils import eval_mode, first_line
 from .bn_statistics import bn_layers, model_name
 
-TASKS = ('classification', 'detection', 'pose')
-INVERT = ('auto', 'backbone', 'model')
 
 
 class ClassifierLogits(nn.Module):
@@ -123,34 +122,17 @@ def size_problem(target: nn.Module, h: int, w: int, channels: int, device,
     try:
         maps = _spatial_sizes(target, torch.zeros(2, channels, h, w, device=device))
     except RuntimeError as e:
-        return f'{model_name(target)} cannot run on {h}x{w} images ({first_line(e)[:200]})'
+        return f'{model_name(target)} cannot run on {h}x{w} images ({first_line(e)})'
     if any(min(s) == 0 for s in maps if len(s) == 2):
         return f'{h}x{w} images give an empty feature map in {model_name(target)}'
     return None
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    lines = str(error).splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def check_image_size(target: nn.Module, sizes: Sequence[Tuple[int, int]], channels: int,
                      device, field: str = 'image_size') -> None:
     """One-line error when the target cannot run on images of every (H, W) in ``sizes``."""
     smallest = min(sizes, key=lambda s: min(s))
-    with _eval_mode(target):
+    with eval_mode(target):
         stride = total_stride(target, channels, device)
         if stride is not None and min(smallest) < stride:
             raise ValueError(f'{field}: {tuple(smallest)} is smaller than the total stride '
@@ -171,7 +153,7 @@ def check_phase_sizes(target: nn.Module, image_size: Tuple[int, int], phases, ch
     the total stride times the largest factor).
     """
     h, w = image_size
-    with _eval_mode(target):
+    with eval_mode(target):
         stride = total_stride(target, channels, device)
 
         def problem_of(hh, ww):

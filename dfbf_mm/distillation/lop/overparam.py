@@ -48,7 +48,6 @@ Forward hooks registered on a layer are not carried over by expand/merge: regist
 replaced layers after expanding (or on their parents).
 """
 import copy
-import fnmatch
 import logging
 import math
 from collections import OrderedDict
@@ -58,6 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
+from ...utils import matches_any
 
 Patterns = Optional[Union[str, Sequence[str]]]
 
@@ -282,8 +282,7 @@ def _patterns(value: Patterns, field: str) -> Optional[List[str]]:
     raise TypeError(f'{field}: expected None, a glob pattern string or a list of them, got {value!r}')
 
 
-def _matches(name: str, patterns: Optional[List[str]]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+_matches = matches_any
 
 
 def find_expandable(module: nn.Module, include: Patterns = None,

@@ -18,7 +18,6 @@ only Dropout/Identity in between; every Linear but the last is a hidden layer wh
 pruned. A Linear that feeds another Linear through anything other than exactly one ReLU or
 Sigmoid module cannot be handled, and is reported by name with what was found.
 """
-import fnmatch
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .intervals import TRANSPARENT
+from ...utils import pattern_matches
 
 PRUNABLE_ACTS = {nn.ReLU: 'relu', nn.Sigmoid: 'sigmoid'}
 
@@ -197,7 +197,7 @@ def find_dense_chains(steps: List[TraceStep], layers: Optional[Sequence[str]] = 
               and nxt.in_features == s.module.out_features
               and calls[id(s.module)] == 1 and calls[id(nxt)] == 1 and shared is None)
         if not ok:
-            if layers is not None and not any(fnmatch.fnmatch(s.name, p) for p in layers):
+            if layers is not None and not any(pattern_matches(p, s.name) for p in layers):
                 continue  # not asked for: leave it alone
             if calls[id(s.module)] > 1 or calls[id(nxt)] > 1:
                 why = 'it is called more than once'
@@ -229,13 +229,13 @@ def find_dense_chains(steps: List[TraceStep], layers: Optional[Sequence[str]] = 
     hidden = [n for c in chains for n in c.names[:-1]]
     if layers is not None and required:
         for p in layers:
-            if not any(fnmatch.fnmatch(s.name, p) for s in steps if isinstance(s.module, nn.Linear)):
+            if not any(pattern_matches(p, s.name) for s in steps if isinstance(s.module, nn.Linear)):
                 raise ValueError(f'layers: pattern {p!r} matches no Linear layer of the model')
-            if not any(fnmatch.fnmatch(n, p) for n in hidden):
+            if not any(pattern_matches(p, n) for n in hidden):
                 raise ValueError(f'layers: pattern {p!r} matches only Linear layers that feed no '
                                  'other Linear (output layers cannot be pruned)')
     for c in chains:
-        c.prunable = [layers is None or any(fnmatch.fnmatch(n, p) for p in layers) for n in c.names[:-1]]
+        c.prunable = [layers is None or any(pattern_matches(p, n) for p in layers) for n in c.names[:-1]]
     if required and not any(any(c.prunable) for c in chains):
         raise ValueError('model: no prunable dense layer found (Paoding needs nn.Linear -> nn.ReLU/'
                          'nn.Sigmoid module -> nn.Linear; functional activations are not visible)')

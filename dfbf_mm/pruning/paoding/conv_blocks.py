@@ -18,7 +18,6 @@ The impact of a merge is measured at conv2's output channels (what lies after a 
 general, not a dense chain: residual adds, pooling heads), i.e. L and ENT over conv2's output
 channels; the channel value intervals are the hull over all pixels.
 """
-import fnmatch
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -27,6 +26,7 @@ import torch.nn as nn
 
 from .chain import PRUNABLE_ACTS, TraceStep, single_use
 from .intervals import TRANSPARENT, batchnorm_affine
+from ...utils import pattern_matches
 
 
 @dataclass
@@ -57,7 +57,7 @@ def find_conv_blocks(steps: List[TraceStep], layers: Optional[Sequence[str]] = N
     for i, s in enumerate(steps):
         if type(s.module) is not nn.Conv2d or s.module.groups != 1:
             continue
-        if layers is not None and not any(fnmatch.fnmatch(s.name, p) for p in layers):
+        if layers is not None and not any(pattern_matches(p, s.name) for p in layers):
             continue
         bn, act = None, None
         k = _skip_transparent(steps, i + 1)

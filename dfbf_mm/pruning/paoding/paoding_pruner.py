@@ -15,7 +15,6 @@ Units are masked (dead, exactly equivalent) during the loop and physically remov
 ``prune`` returns the channel spec of the pruned module (like every pruner in ``PRUNERS``); the
 per-step records are in ``pruner.records``.
 """
-import fnmatch
 import math
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -34,6 +33,7 @@ from .intervals import (Box, act_box, interval_batchnorm, interval_conv, interva
                         is_supported)
 from .merge import merge_units, remove_units
 from .saliency import disjoint_pairs, saliency_matrix
+from ...utils import pattern_matches
 
 MODES = ('stochastic', 'baseline', 'impact')
 TEMPERATURES = ('linear', 'literal')
@@ -284,7 +284,7 @@ class PaodingPruner:
         if self.layers is not None and blocks:
             names = [b.name for b in blocks] + [n for c in chains for n, ok in zip(c.names, c.prunable) if ok]
             for p in self.layers:
-                if not any(fnmatch.fnmatch(n, p) for n in names):
+                if not any(pattern_matches(p, n) for n in names):
                     raise ValueError(f'layers: pattern {p!r} matches no prunable Linear or conv block')
         rng = np.random.default_rng(self.seed)
 

@@ -1,0 +1,321 @@
+"""The ``dfbf`` block of a config: every key, its default, what it allows and its one-line error.
+
+This is the only place that knows the block. ``read_dfbf(block)`` returns it validated with
+every default filled in; the engine's config rewrite, the tools and the benchmarks read it
+through here, and the stages take the values it returns. A sub-block is a :class:`Block` of
+:class:`Option`; an option's ``parse`` turns a config value into the value used (``(H, W)``
+from an int, a tuple from a list) or raises :class:`Invalid` with the reason, which
+:meth:`Block.read` prefixes with the option's path (``dfbf.synthetic_data.image_size: ...``).
+
+Configs of parts that a registry builds (``pruner``, ``synthesizer``, ``distill.loss``,
+``sp_loss.type``) are built once here as a check, so a bad setting of theirs fails when the
+config is read, named by its path, and not minutes later.
+
+``python tools/options_table.py --readme README.md`` writes the README's options table from
+:data:`BLOCKS`; a test checks the two agree.
+"""
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+from .config_utils import check_keys, plain
+from .registry import MODELS, PRUNERS, SYNTHESIZERS
+from .utils import first_line
+
+# allowed values the stages share
+TASKS = ('classification', 'detection', 'pose')
+INVERT = ('auto', 'backbone', 'model')
+TRAIN_DATA = ('synthetic', 'noise', 'real')
+BN_POLICIES = ('update', 'frozen')
+SP_TAPS = ('features', 'layers')
+
+
+class Invalid(ValueError):
+    """A value an option does not allow; the message says why (the path is added by Block;
+    ``key`` names the part of the value at fault, e.g. ``type``)."""
+
+    def __init__(self, message: str, key: Optional[str] = None):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key of a block: ``default`` (copied), ``doc`` for the README, ``parse`` (value ->
+    value used, raising :class:`Invalid`), ``required`` (a falsy value is an error)."""
+    key: str
+    default: Any
+    doc: str
+    parse: Optional[Callable[[Any], Any]] = None
+    required: bool = False
+
+
+class Block:
+    """A sub-block of ``dfbf``: its options in order; ``optional`` blocks read as None when
+    absent or empty (``overparam``, ``sp_loss``: off unless asked for)."""
+
+    def __init__(self, path: str, doc: str, options: Sequence[Option], optional: bool = False):
+        self.path, self.doc, self.options, self.optional = path, doc, tuple(options), optional
+        self.keys = tuple(o.key for o in self.options)
+
+    def defaults(self) -> dict:
+        return {o.key: copy.deepcopy(o.default) for o in self.options}
+
+    def read_option(self, key: str, value):
+        """One option of the block, checked alone (a tool that needs only that part)."""
+        option = {o.key: o for o in self.options}[key]
+        return self._parse(option, copy.deepcopy(option.default) if value is None else plain(value))
+
+    def read(self, value) -> Optional[dict]:
+        """``value`` checked (unknown keys, each option's parse) with the defaults filled in."""
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f'{self.path}: must be a dict of {", ".join(self.keys)}, got {value!r}')
+        if self.optional and not value:
+            return None
+        value = check_keys(plain(value), self.keys, self.path)
+        return {o.key: self._parse(o, value[o.key] if o.key in value else copy.deepcopy(o.default))
+                for o in self.options}
+
+    def _parse(self, o: Option, v):
+        if o.required and (v is None or v == ''):
+            raise ValueError(f'{self.path}.{o.key}: required ({o.doc})')
+        try:
+            return o.parse(v) if o.parse is not None else v
+        except Invalid as e:
+            where = f'{self.path}.{o.key}' + (f'.{e.key}' if e.key else '')
+            raise ValueError(f'{where}: {e}') from None
+
+
+# ------------------------------------------------------------------ value parsers
+
+def one_of(*choices):
+    def parse(v):
+        if v not in choices:
+            raise Invalid(f'{v!r} is not one of {", ".join(map(str, choices))}')
+        return v
+    return parse
+
+
+def integer(minimum: Optional[int] = None, allow_none: bool = False, why: str = ''):
+    def parse(v):
+        if v is None and allow_none:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+            bound = f' >= {minimum}' if minimum is not None else ''
+            reason = f' ({why})' if why else ''
+            raise Invalid(f'must be an integer{bound}{" or None" if allow_none else ""}{reason}, got {v!r}')
+        return v
+    return parse
+
+
+def number(minimum: float = 0.0, strict: bool = False):
+    def parse(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+            v > minimum if strict else v >= minimum)
+        if not ok:
+            raise Invalid(f'must be a number {">" if strict else ">="} {minimum:g}, got {v!r}')
+        return float(v)
+    return parse
+
+
+def boolean(v):
+    if not isinstance(v, bool):
+        raise Invalid(f'must be True or False, got {v!r}')
+    return v
+
+
+def image_size(v) -> Tuple[int, int]:
+    """``(H, W)`` from an int or a pair of positive ints."""
+    hw = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if (not isinstance(hw, (tuple, list)) or len(hw) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in hw)):
+        raise Invalid(f'must be (H, W) positive integers or one positive integer, got {v!r}')
+    return tuple(hw)
+
+
+def int_list(v):
+    if not isinstance(v, (tuple, list)) or not all(isinstance(s, int) and s >= 0 for s in v):
+        raise Invalid(f'must be a list of epoch numbers, got {v!r}')
+    return list(v)
+
+
+def patterns(allow: Sequence[str] = ()):
+    """None, one of ``allow`` or a list of module-name patterns (see ``utils.name_matches``)."""
+    def parse(v):
+        if v is None or v in allow:
+            return v
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (tuple, list)) or not all(isinstance(p, str) and p for p in v):
+            extra = f'{", ".join(map(repr, allow))} or ' if allow else ''
+            raise Invalid(f'must be {extra}a list of module name patterns, got {v!r}')
+        return list(v)
+    return parse
+
+
+def optional_str(v):
+    if v is not None and not isinstance(v, str):
+        raise Invalid(f'must be a path (str) or None, got {v!r}')
+    return v
+
+
+def registered(registry, required: bool = True):
+    """A config dict whose ``type`` is registered in ``registry`` (built later)."""
+    def parse(v):
+        if v is None and not required:
+            return None
+        if not isinstance(v, dict):
+            raise Invalid(f'must be a {registry.name} config, dict(type=...), got {v!r}')
+        name = v.get('type')
+        if not isinstance(name, str) or registry.get(name) is None:
+            raise Invalid(f'{name!r} is not a registered {registry.name}; registered: '
+                          f'{", ".join(sorted(registry.module_dict))}', key='type')
+        return plain(v)
+    return parse
+
+
+def build_checked(registry, cfg: dict, path: str, **defaults):
+    """``registry.build(cfg)``; a ValueError of the built class comes back as one line under
+    ``path`` (``dfbf.synthesizer.iterations: ...``)."""
+    cfg = dict(cfg, **{k: v for k, v in defaults.items() if k not in cfg})
+    if registry in (PRUNERS, SYNTHESIZERS):
+        cfg['_scope_'] = 'dfbf_mm'  # our own registries; the config's default scope is mm*'s
+    try:
+        return registry.build(cfg)
+    except (ValueError, TypeError) as e:
+        message = first_line(e, 1000)
+        raise ValueError(message if message.startswith(path) else f'{path}.{message}') from None
+
+
+# ------------------------------------------------------------------ the blocks
+
+SYNTHETIC_DATA = Block('dfbf.synthetic_data', 'the synthetic training images', [
+    Option('num_images', 1600, 'images to synthesise (the dataset length)', integer(1)),
+    Option('batch_size', 16, 'images optimised together', integer(
+        2, why='per-batch BN statistics are undefined for 1 image')),
+    Option('image_size', (256, 256), '(H, W) of the images, or one int', image_size),
+    Option('seed', 0, 'base seed; batch b has its own stream', integer()),
+    Option('cache_dir', None, 'cache root (default: <work_dir>/synthetic_cache)', optional_str),
+    Option('num_classes', None, "classes of the balanced CE labels (default: the classifier head's)",
+           integer(1, allow_none=True)),
+    Option('chain_length', 1, 'batches per warm-start chain (1: every batch from noise)', integer(1)),
+    Option('invert', 'auto', "what is inverted: 'auto' (a detector's / pose model's backbone, a "
+           "whole classifier), 'backbone', or 'model' (the whole forward, neck and head BN too)",
+           one_of(*INVERT)),
+])
+
+DISTILL = Block('dfbf.distill', 'the feature-mimicking loss', [
+    Option('taps', None, 'module name patterns supervised (default: the unpruned-width norm layers)',
+           patterns()),
+    Option('bn', 'update', "'update': student BN statistics adapt to the synthetic data; "
+           "'frozen': they stay the teacher's", one_of(*BN_POLICIES)),
+    Option('loss', dict(type='FeatureMimicLoss'), 'a MODELS config of the loss, called as '
+           'loss(student_taps, teacher_taps, student_outs, teacher_outs) -> dict of loss terms',
+           registered(MODELS)),
+    Option('distance', None, "FeatureMimicLoss distance: 'l1' (default), 'mse', 'huber', "
+           "'smooth_l1' (shorthand for loss.distance)"),
+    Option('weights', None, 'FeatureMimicLoss depth weights: preset 0..11 (default 2) or (a, b) '
+           'for w_i = a + b*i/N (shorthand for loss.weights)'),
+    Option('out_weight', None, 'FeatureMimicLoss weight of the loss on the backbone outputs '
+           '(default 0; shorthand for loss.out_weight)'),
+])
+LOSS_SHORTHANDS = ('distance', 'weights', 'out_weight')
+
+SCHEDULE = Block('dfbf.schedule', 'fine-tuning: SGD + MultiStep (the reference)', [
+    Option('epochs', 5, 'epochs over the synthetic images', integer(1)),
+    Option('lr', 0.01, 'SGD learning rate', number(0, strict=True)),
+    Option('lr_steps', [3], 'epochs at which the lr is multiplied by gamma', int_list),
+    Option('gamma', 0.1, 'lr factor at each step', number(0, strict=True)),
+    Option('momentum', 0.9, 'SGD momentum', number()),
+    Option('weight_decay', 5e-4, 'SGD weight decay', number()),
+    Option('val_interval', None, 'epochs between validations (default: at the end)',
+           integer(1, allow_none=True)),
+    Option('checkpoint_interval', 1, 'epochs between checkpoints', integer(1)),
+])
+
+OVERPARAM = Block('dfbf.overparam', 'LOP: the pruned layers fine-tuned as linear chains, merged '
+                  'back exactly for validation and export (off unless given)', [
+    Option('ratio', 1, 'expansion ratio r of the 1x1 -> kxk -> 1x1 chain', integer(1)),
+    Option('include', None, 'layer name patterns expanded (default: the layers pruning changed)',
+           patterns()),
+    Option('exclude', None, 'layer name patterns left plain', patterns()),
+    Option('seed', 0, 'seed of the orthogonal factors', integer()),
+], optional=True)
+
+SP_LOSS = Block('dfbf.sp_loss', 'similarity-preserving KD added to the loss (off unless given)', [
+    Option('type', 'SimilarityPreservingLoss', 'the MODELS type of the loss, called as '
+           'loss(student_feats, teacher_feats) -> tensor'),
+    Option('weight', 1.0, 'its weight (gamma)', number()),
+    Option('taps', 'features', "'features' (the distill taps), 'layers' (outputs of the pruned "
+           "layers) or module name patterns", patterns(SP_TAPS)),
+], optional=True)
+
+EXPORT = Block('dfbf.export', 'what is written to <work_dir>/export after training', [
+    Option('out_dir', 'export', 'folder under the work dir', optional_str),
+    Option('name', 'pruned', 'file stem of the deploy config, checkpoint and channel spec',
+           optional_str),
+    Option('profile', True, 'params / FLOPs / CPU latency table of teacher vs student', boolean),
+    Option('onnx', False, 'also export to ONNX and check it in onnxruntime', boolean),
+])
+
+DFBF = Block('dfbf', 'the experiment', [
+    Option('teacher_checkpoint', None, 'your trained, unpruned model', optional_str, required=True),
+    Option('pruner', None, "a PRUNERS config: L1FilterPruner(sparsity, norm=1, layer_dependent, "
+           "overrides, ignore, min_channels, round_to, trace_time_limit=60) or PaodingPruner(...)",
+           registered(PRUNERS), required=True),
+    Option('synthesizer', None, 'a SYNTHESIZERS config, e.g. DeepInversionSynthesizer(preset=...,'
+           ' **settings)', registered(SYNTHESIZERS), required=True),
+    Option('synthetic_data', {}, SYNTHETIC_DATA.doc, SYNTHETIC_DATA.read),
+    Option('distill', {}, DISTILL.doc, DISTILL.read),
+    Option('schedule', {}, SCHEDULE.doc, SCHEDULE.read),
+    Option('overparam', None, OVERPARAM.doc, OVERPARAM.read),
+    Option('sp_loss', None, SP_LOSS.doc, SP_LOSS.read),
+    Option('export', {}, EXPORT.doc, EXPORT.read),
+    Option('train_data', 'synthetic', "what the student trains on: 'synthetic' (the method), or the "
+           "baselines 'noise' (Gaussian inputs) and 'real' (num_images of the stock train split)",
+           one_of(*TRAIN_DATA)),
+    Option('keep_custom_hooks', False, "keep the stock config's custom_hooks while fine-tuning",
+           boolean),
+])
+
+BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT)
+
+
+def loss_config(distill: dict) -> dict:
+    """The MODELS config of the feature loss: ``distill.loss`` with the shorthands merged in."""
+    loss = dict(distill['loss'])
+    for key in LOSS_SHORTHANDS:
+        if distill.get(key) is not None:
+            if key in loss:
+                raise ValueError(f'dfbf.distill.{key}: given twice (also as dfbf.distill.loss.{key})')
+            loss[key] = distill[key]
+    return loss
+
+
+def read_dfbf(block) -> dict:
+    """The validated ``dfbf`` block, defaults filled in; the registered parts are built once
+    as a check (one line naming the path of a bad setting)."""
+    if block is None:
+        raise ValueError('dfbf: the config has no `dfbf` block (teacher_checkpoint, pruner, '
+                         'synthesizer, ...); see configs/ for examples')
+    dfbf = DFBF.read(block)
+    build_checked(PRUNERS, dfbf['pruner'], 'dfbf.pruner')
+    build_checked(SYNTHESIZERS, dfbf['synthesizer'], 'dfbf.synthesizer')
+    explicit = dfbf['distill']['loss'] != DISTILL.defaults()['loss']
+    build_checked(MODELS, loss_config(dfbf['distill']),
+                  'dfbf.distill.loss' if explicit else 'dfbf.distill')
+    if dfbf['sp_loss'] is not None:
+        build_checked(MODELS, dict(type=dfbf['sp_loss']['type'],
+                                   loss_weight=dfbf['sp_loss']['weight']), 'dfbf.sp_loss')
+    return dfbf
+
+
+def options_table() -> str:
+    """The README's table of every ``dfbf`` option (``tools/options_table.py``)."""
+    rows = ['| key | default | meaning |', '|---|---|---|']
+    for block in BLOCKS:
+        for o in block.options:
+            nested = any(b.path == f'{block.path}.{o.key}' for b in BLOCKS)
+            default = '' if nested else ('required' if o.required else f'`{o.default!r}`')
+            rows.append(f'| `{block.path}.{o.key}` | {default} | {o.doc} |')
+    return '\n'.join(rows)
