@@ -263,8 +263,10 @@ DFBF = Block('dfbf', 'the experiment', [
     Option('pruner', None, "a PRUNERS config: L1FilterPruner(sparsity, norm=1, layer_dependent, "
            "overrides, ignore, min_channels, round_to, trace_time_limit=60) or PaodingPruner(...)",
            registered(PRUNERS), required=True),
-    Option('synthesizer', None, 'a SYNTHESIZERS config, e.g. DeepInversionSynthesizer(preset=...,'
-           ' **settings)', registered(SYNTHESIZERS), required=True),
+    Option('synthesizer', None, "a SYNTHESIZERS config: DeepInversionSynthesizer(preset=..., "
+           "**settings), presets 'classification', 'detection', 'pose' (the reference settings), "
+           "'fast' (1/10 of the teacher passes, docs/synthesis_speed.md) and 'fast_chain'",
+           registered(SYNTHESIZERS), required=True),
     Option('synthetic_data', {}, SYNTHETIC_DATA.doc, SYNTHETIC_DATA.read),
     Option('distill', {}, DISTILL.doc, DISTILL.read),
     Option('schedule', {}, SCHEDULE.doc, SCHEDULE.read),
