@@ -15,6 +15,8 @@ config is read, named by its path, and not minutes later.
 :data:`BLOCKS`; a test checks the two agree.
 """
 import copy
+import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -183,7 +185,16 @@ def build_checked(registry, cfg: dict, path: str, **defaults):
     try:
         return registry.build(cfg)
     except (ValueError, TypeError) as e:
-        message = first_line(e, 1000)
+        # MMEngine prefixes "class `X` in file.py: " to errors raised while building
+        message = re.sub(r'^class `\w+` in [^:]+: ', '', first_line(e, 1000))
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+        if unknown:
+            params = inspect.signature(registry.get(cfg['type'])).parameters
+            allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            message = (f'{unknown.group(1)}: not an argument of {cfg["type"]}; arguments: '
+                       f'{", ".join(allowed)}')
+        elif isinstance(e, TypeError):
+            raise
         raise ValueError(message if message.startswith(path) else f'{path}.{message}') from None
 
 

@@ -164,7 +164,11 @@ CASES = [
      r'^input_size: 0x32 is not positive'),
     ('prune', lambda u, s: _prune(u, s, 'cls.py', 'cls_teacher.pth', '--trace-time-limit', 'soon'),
      r"^argument --trace-time-limit: 'soon' is not a number"),
-    ('prune', lambda u, s: _prune(u, s, 'cls.py', 'cls_teacher.pth', '--norm', '3'), r'^argument --norm: invalid choice'),
+    ('prune', lambda u, s: _prune(u, s, 'cls.py', 'cls_teacher.pth', '--pruner-cfg', 'norm=3'), r'^pruner\.norm: 3 is not 1 or 2'),
+    ('prune', lambda u, s: _prune(u, s, 'cls.py', 'cls_teacher.pth', '--pruner-cfg', 'type=MagicPruner'),
+     r"^dfbf\.pruner\.type: 'MagicPruner' is not a registered pruner"),
+    ('prune', lambda u, s: _prune(u, s, 'cls.py', 'cls_teacher.pth', '--pruner-cfg', 'sparsityy=0.3'),
+     r"^pruner\.sparsityy: not an argument of L1FilterPruner; arguments: sparsity, norm"),
     ('prune', lambda u, s: [f'{u}/cls.py', f'{u}/cls_teacher.pth'],
      r'^the following arguments are required: --out'),
     # tools/synthesize.py

@@ -3,7 +3,6 @@ plain MMEngine loads strictly (also after moving the folder); profile rows are c
 import os
 import os.path as osp
 import shutil
-import sys
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ from dfbf_mm.export import export_pruned_model, profile_backbones
 from dfbf_mm.registry import MODELS
 from dfbf_mm.stock_model import build_stock_model, load_weights
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-import prune as prune_tool  # noqa: E402
+from tools import prune as prune_tool
 
 STOCK = 'mmpretrain::resnet/resnet18_8xb16_cifar10.py'
 
@@ -33,7 +31,7 @@ def exported(tmp_path_factory):
     ckpt = str(tmp / 'teacher.pth')
     torch.save(dict(state_dict=teacher.state_dict(), meta=dict(dataset_meta=dict(classes=list('abcdefghij')))), ckpt)
     out = str(tmp / 'out')
-    paths = prune_tool.main([cfg_path, ckpt, '--sparsity', '0.5', '--layer-dependent', '--out', out,
+    paths = prune_tool.main([cfg_path, ckpt, '--sparsity', '0.5', '--pruner-cfg', 'layer_dependent=True', '--out', out,
                              '--latency-runs', '1', '--batch-sizes', '1'])
     return cfg, ckpt, out, paths
 
@@ -166,7 +164,10 @@ def test_count_macs_counts_subclasses_of_conv_and_linear_once():
 
 def test_prune_tool_trace_time_limit_argument(exported, tmp_path):
     base = ['cfg.py', 'ckpt.pth', '--out', 'o']
-    assert prune_tool.parse_args(base).trace_time_limit == 60  # the pruner's default
+    # unset: the pruner keeps its own default (60 s)
+    assert 'trace_time_limit' not in prune_tool.pruner_config(Config(), prune_tool.parse_args(base))
+    assert prune_tool.pruner_config(Config(), prune_tool.parse_args(
+        base + ['--trace-time-limit', '2.5']))['trace_time_limit'] == 2.5
     assert prune_tool.parse_args(base + ['--trace-time-limit', '2.5']).trace_time_limit == 2.5
     for off in ('none', 'None', '0'):
         assert prune_tool.parse_args(base + ['--trace-time-limit', off]).trace_time_limit is None
@@ -203,3 +204,21 @@ def test_latencies_are_measured_in_turns():
     times = measure_latencies([a, b], torch.zeros(1), runs=3, warmup=1)
     assert order == ['a', 'b'] * 4 and len(times) == 2 and all(t >= 0 for t in times)
     assert not a.training and b.training
+
+
+def test_prune_tool_fuses_a_reparameterisable_backbone(tmp_path):
+    # RepVGG in training form sums branches: nothing prunes until it is fused (deploy form)
+    cfg = get_config('mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py')
+    cfg_path = str(tmp_path / 'repvgg.py')
+    cfg.dump(cfg_path)
+    teacher = build_stock_model(cfg).eval()
+    ckpt = str(tmp_path / 'teacher.pth')
+    torch.save(dict(state_dict=teacher.state_dict()), ckpt)
+    paths = prune_tool.main([cfg_path, ckpt, '--out', str(tmp_path / 'out'), '--input-size', '64', '64',
+                             '--latency-runs', '1', '--batch-sizes', '1'])
+    deploy_cfg, model = _build_deploy(paths['config'])
+    assert deploy_cfg.model.backbone.backbone.deploy is True
+    assert sum(p.numel() for p in model.backbone.parameters()) < 0.6 * sum(
+        p.numel() for p in teacher.backbone.parameters())
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64), mode='tensor').shape == (1, 1000)

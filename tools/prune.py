@@ -1,8 +1,14 @@
 """Prune the backbone of a trained mmdet / mmpose / mmpretrain model (no data needed).
 
-    python tools/prune.py CONFIG CHECKPOINT --sparsity 0.5 [--layer-dependent] [--norm 1]
-        [--min-channels 1] [--round-to 8] [--input-size H W] [--trace-time-limit 60] [--compile]
-        [--onnx] --out DIR
+    python tools/prune.py CONFIG CHECKPOINT [--sparsity 0.5] [--pruner-cfg KEY=VALUE ...]
+        [--input-size H W] [--trace-time-limit 60] [--compile] [--onnx] --out DIR
+
+The pruner is a PRUNERS config: the config's ``dfbf.pruner`` when it has one, else
+``L1FilterPruner(sparsity=0.5)``; ``--pruner-cfg`` sets any of its arguments
+(``type=PaodingPruner``, ``layer_dependent=True``, ``norm=2``, ``min_channels=8``,
+``round_to=8``, ``ignore="['backbone.stem*']"`` ...), ``--sparsity`` and
+``--trace-time-limit`` are shorthands for two of them. A re-parameterisable backbone (RepVGG,
+MobileOne) is fused to its deploy form first and exported as a ``deploy=True`` config.
 
 Writes DIR/pruned.py (deploy config), DIR/pruned.pth (strict-loadable checkpoint) and
 DIR/pruned_channel_spec.json, and prints the teacher-vs-pruned profile table.
@@ -29,19 +35,20 @@ checks it in onnxruntime against PyTorch (see dfbf_mm/export/onnx.py for the tol
 the max abs difference, and adds onnxruntime CPU latency rows for both backbones to the table.
 """
 import argparse
+import copy
 import os.path as osp
-import sys
 import time
 
 import torch
 from mmengine.config import Config
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import dfbf_mm  # noqa: E402,F401  (registers dfbf types, safe checkpoint loading)
-from dfbf_mm.cli import ArgumentParser, run_cli  # noqa: E402
-from dfbf_mm.export import export_pruned_model, profile_backbones  # noqa: E402
-from dfbf_mm.pruning import L1FilterPruner  # noqa: E402
-from dfbf_mm.stock_model import build_stock_model, get_backbone, load_weights  # noqa: E402
+import dfbf_mm  # noqa: F401  (registers dfbf types, safe checkpoint loading)
+from dfbf_mm.cli import ArgumentParser, CfgOptionsAction, run_cli
+from dfbf_mm.export import export_pruned_model, profile_backbones
+from dfbf_mm.pruning import reparameterize
+from dfbf_mm.registry import PRUNERS
+from dfbf_mm.schema import DFBF, build_checked
+from dfbf_mm.stock_model import build_stock_model, get_backbone, load_weights
 
 MAX_SIDE = 640
 
@@ -118,14 +125,12 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='stock mmdet/mmpose/mmpretrain config file or pkg::path')
     p.add_argument('checkpoint', help='trained checkpoint of that config')
-    p.add_argument('--sparsity', type=float, default=0.5, help='base fraction of channels removed')
-    p.add_argument('--layer-dependent', action='store_true', help='DFBF 1.3s/s/0.4s width rule')
-    p.add_argument('--norm', type=int, default=1, choices=(1, 2), help='Lp norm of filter scores')
-    p.add_argument('--min-channels', type=int, default=1, help='channels every group keeps')
-    p.add_argument('--round-to', type=int, default=None, help='round kept counts up to a multiple')
-    p.add_argument('--ignore', nargs='*', default=None, help='module name patterns left untouched')
+    p.add_argument('--sparsity', type=float, default=None,
+                   help='base fraction of channels removed (pruner sparsity; default 0.5)')
+    p.add_argument('--pruner-cfg', nargs='+', action=CfgOptionsAction, default={},
+                   help='arguments of the pruner, KEY=VALUE (type=..., layer_dependent=True, ...)')
     p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=None)
-    p.add_argument('--trace-time-limit', type=_time_limit, default=60.0, metavar='SECONDS',
+    p.add_argument('--trace-time-limit', type=_time_limit, default=False, metavar='SECONDS',
                    help='stop tracing / group search / channel removal after this long with an error '
                         '(default 60; none or 0: no limit)')
     p.add_argument('--latency-runs', type=int, default=5, help='timed forwards per measurement')
@@ -140,17 +145,31 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def pruner_config(cfg: Config, args) -> dict:
+    """The PRUNERS config: the config's ``dfbf.pruner`` (or L1 at 0.5) with the flags applied."""
+    dfbf = cfg.get('dfbf')
+    base = (DFBF.read_option('pruner', dfbf['pruner']) if isinstance(dfbf, dict) and dfbf.get('pruner')
+            else dict(type='L1FilterPruner', sparsity=0.5))
+    pruner = dict(base, **args.pruner_cfg)
+    if args.sparsity is not None:
+        pruner['sparsity'] = args.sparsity
+    if args.trace_time_limit is not False:
+        pruner['trace_time_limit'] = args.trace_time_limit
+    return DFBF.read_option('pruner', pruner)
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
-    pruner = L1FilterPruner(sparsity=args.sparsity, norm=args.norm, layer_dependent=args.layer_dependent,
-                            ignore=args.ignore, min_channels=args.min_channels, round_to=args.round_to,
-                            trace_time_limit=args.trace_time_limit)
+    pruner_cfg = pruner_config(cfg, args)
+    pruner = build_checked(PRUNERS, pruner_cfg, 'pruner')
     model = build_stock_model(cfg)
     ckpt = load_weights(model, args.checkpoint, 'checkpoint')
     model.eval()
+    if reparameterize(model, cfg):
+        print(f'{type(model.backbone).__name__}: fused to its deploy form (deploy=True) for pruning')
     backbone = get_backbone(model)
-    teacher = __import__('copy').deepcopy(backbone)
+    teacher = copy.deepcopy(backbone)
     h, w = args.input_size or default_input_size(cfg)
     if h < 1 or w < 1:
         raise ValueError(f'input_size: {h}x{w} is not positive')
@@ -160,12 +179,15 @@ def main(argv=None):
     t = time.perf_counter()
     spec = pruner.prune(backbone, x)
     seconds = time.perf_counter() - t
-    rep = pruner.report
-    print(f'pruned {len(rep["groups"])} channel groups ({len(rep["skipped"])} kept: they reach an '
-          f'output or are not prunable) in {seconds:.1f} s on input {h}x{w}')
+    rep = getattr(pruner, 'report', None)
+    if rep:
+        print(f'pruned {len(rep["groups"])} channel groups ({len(rep["skipped"])} kept: they reach '
+              f'an output or are not prunable) in {seconds:.1f} s on input {h}x{w}')
+    else:
+        print(f'pruned by {type(pruner).__name__} in {seconds:.1f} s on input {h}x{w}')
 
-    meta = dict(dfbf_mm=dict(stage='pruned', sparsity=args.sparsity, norm=args.norm,
-                             layer_dependent=args.layer_dependent, source_checkpoint=osp.abspath(args.checkpoint)))
+    meta = dict(dfbf_mm=dict(stage='pruned', pruner=pruner_cfg,
+                             source_checkpoint=osp.abspath(args.checkpoint)))
     src_meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
     if isinstance(src_meta, dict) and 'dataset_meta' in src_meta:
         meta['dataset_meta'] = src_meta['dataset_meta']
