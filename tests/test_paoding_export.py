@@ -214,7 +214,11 @@ def test_paoding_is_a_dfbf_pruner(tmp_path):
     # taps default to the norm layers whose width pruning kept (not the pruned bn1 of a block)
     assert 'layer4.1.bn2' in distiller.taps and not any('.bn1' in t for t in distiller.taps)
     losses = distiller.train()(torch.randn(2, 3, 32, 32), mode='loss')
-    assert losses['loss_feat'] >= 0
+    assert losses['loss_feat'] > 0  # the pruned student no longer reproduces the teacher
+    losses['loss_feat'].backward()  # only the student backbone learns
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.student.backbone.parameters())
+    assert all(p.grad is None for p in distiller.teacher.parameters())
+    assert all(p.grad is None for p in distiller.student.head.parameters())
     # a resumed run rebuilds the same student from the spec
     again = MODELS.build(dict(
         type='DataFreeDistiller', model=stock_model_cfg(cfg), teacher_checkpoint=str(tmp_path / 't.pth'),

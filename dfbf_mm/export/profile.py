@@ -138,11 +138,6 @@ def inference_config(options: dict):
     return inductor_config.patch(freezing=True)
 
 
-def measure_latency(backbone: nn.Module, inputs: torch.Tensor, runs: int = 5, warmup: int = 2) -> float:
-    """Median seconds per forward of ``inputs`` after ``warmup`` untimed forwards."""
-    return measure_latencies([backbone], inputs, runs, warmup)[0]
-
-
 def stage_channels(backbone: nn.Module) -> Dict[str, int]:
     """Sum of conv/linear output widths under each top-level child of the backbone."""
     out = {}
