@@ -88,8 +88,7 @@ def backbone_spec(model: nn.Module, stock_cfg: Config, spec: Optional[dict] = No
         spec = extract_channel_spec(backbone, snapshot_shapes(stock))
         spec['backbone'] = kind
         return spec
-    if (isinstance(spec, dict) and spec.get('backbone') == type(model).__name__ != kind
-            and isinstance(spec.get('modules'), dict)):
+    if isinstance(spec, dict) and spec.get('root') == 'model':
         return sub_spec(spec, 'backbone', kind)
     return spec
 

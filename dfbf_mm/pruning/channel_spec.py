@@ -177,7 +177,7 @@ def sub_spec(spec: dict, prefix: str, kind: str) -> dict:
     spec = _check_spec(spec)
     head = prefix.rstrip('.') + '.'
     modules = {n[len(head):]: e for n, e in spec['modules'].items() if n.startswith(head)}
-    return {'format': FORMAT, 'backbone': kind, 'modules': modules}
+    return {'format': FORMAT, 'backbone': kind, 'root': 'backbone', 'modules': modules}
 
 
 def save_channel_spec(spec: dict, path: str) -> str:

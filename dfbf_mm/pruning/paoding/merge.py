@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 
 @torch.no_grad()
@@ -31,37 +32,22 @@ def merge_units(layer: nn.Module, next_layer: nn.Module, removed: int, kept: int
         layer.bias[removed] = 0
 
 
-def _shrink(param: torch.Tensor, index: torch.Tensor, dim: int) -> nn.Parameter:
-    return nn.Parameter(param.detach().index_select(dim, index).clone(),
-                        requires_grad=param.requires_grad)
-
-
 @torch.no_grad()
 def remove_units(layer: nn.Module, next_layer: nn.Module, keep: Sequence[int],
                  norm: Optional[nn.Module] = None) -> None:
     """Physically keep only units ``keep`` of ``layer`` (its rows, ``next_layer``'s columns)
-    and of ``norm``, a BatchNorm between the two (its parameters and running statistics)."""
-    index = torch.as_tensor(sorted(int(k) for k in keep), dtype=torch.long,
-                            device=layer.weight.device)
-    if index.numel() == 0:
+    and of ``norm``, a BatchNorm between the two (its parameters and running statistics);
+    the tensors are cut by Torch-Pruning's pruning functions, as L1FilterPruner's are."""
+    keep = {int(k) for k in keep}
+    if not keep:
         raise ValueError('keep: at least one unit must be kept')
-    layer.weight = _shrink(layer.weight, index, 0)
-    if layer.bias is not None:
-        layer.bias = _shrink(layer.bias, index, 0)
+    width = layer.weight.shape[0]
+    removed = [i for i in range(width) if i not in keep]
+    if not removed:
+        return
+    linear = isinstance(layer, nn.Linear)
+    (tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels)(layer, removed)
     if norm is not None:
-        for t in ('weight', 'bias'):
-            if getattr(norm, t, None) is not None:
-                setattr(norm, t, _shrink(getattr(norm, t), index, 0))
-        for t in ('running_mean', 'running_var'):
-            if getattr(norm, t, None) is not None:
-                norm._buffers[t] = getattr(norm, t).index_select(0, index).clone()
-        norm.num_features = index.numel()
-    next_layer.weight = _shrink(next_layer.weight, index, 1)
-    if isinstance(layer, nn.Linear):
-        layer.out_features = index.numel()
-    else:
-        layer.out_channels = index.numel()
-    if isinstance(next_layer, nn.Linear):
-        next_layer.in_features = index.numel()
-    else:
-        next_layer.in_channels = index.numel()
+        tp.prune_batchnorm_out_channels(norm, removed)
+    (tp.prune_linear_in_channels if isinstance(next_layer, nn.Linear)
+     else tp.prune_conv_in_channels)(next_layer, removed)

@@ -349,7 +349,8 @@ class PaodingPruner:
         records[-1]['kept'] = kept
         self.records = records
         spec = extract_channel_spec(model, before)
-        spec['backbone'] = type(model).__name__
+        # given a whole model (a classifier: backbone and head), the spec is of the model
+        spec['root'] = 'model' if isinstance(getattr(model, 'backbone', None), nn.Module) else 'backbone'
         return spec
 
     def _prune_layer(self, st: dict, quota: int, rng) -> List[tuple]:
