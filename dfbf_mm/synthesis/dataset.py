@@ -90,6 +90,7 @@ class SyntheticImageDataset(Dataset):
         self.cache: Optional[BatchCache] = None
         self._shape = None
         self._batches: Dict[int, torch.Tensor] = {}
+        self.stats: Dict[str, float] = {}
 
     def __len__(self) -> int:
         return self.num_images
@@ -123,6 +124,12 @@ class SyntheticImageDataset(Dataset):
         self.cache = BatchCache(self.cache_dir, key)
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}
+        if hasattr(self.synthesizer, 'fill_cache'):  # a stateful stream (GeneratorSynthesizer)
+            done = self.synthesizer.fill_cache(self, target, (lo, hi),
+                                               lambda b: self._labels(b, task, num_classes),
+                                               num_classes=num_classes, rank=rank, world_size=world_size, progress=progress)
+            self._log_passes()
+            return done
         mine = [b for b in range(self.num_batches) if (b // self.chain_length) % world_size == rank]
         todo = [b for b in mine if self.cache.load(b, self._shape) is None]
         print_log(f'synthetic_data: {len(mine) - len(todo)} of {len(mine)} batches cached in '
@@ -135,10 +142,7 @@ class SyntheticImageDataset(Dataset):
             warm = self.synthesizer.warm_synthesizer()
         previous = None  # images of batch b - 1, kept while b continues its chain
         for b in tqdm(todo, desc='synthetic batches', disable=not progress or len(todo) < 2):
-            labels = None
-            if task == 'classification' and num_classes:
-                # Balanced over the whole dataset: consecutive batches continue the cycle.
-                labels = (torch.arange(self.batch_size) + b * self.batch_size) % num_classes
+            labels = self._labels(b, task, num_classes)
             seed = batch_seed(self.seed, b)
             if b % self.chain_length == 0:
                 images, stats = self.synthesizer.synthesize(
@@ -153,7 +157,33 @@ class SyntheticImageDataset(Dataset):
             self.cache.save(b, images, labels=labels, stats=stats)
             previous = (b, images.cpu())
         self._batches = {}
+        self._log_passes()
         return dict(generated=len(todo), reused=len(mine) - len(todo))
+
+    def _labels(self, b: int, task: str, num_classes: Optional[int]) -> Optional[torch.Tensor]:
+        """CE labels of batch ``b``: balanced over the whole dataset (consecutive batches
+        continue the cycle); None outside classification."""
+        if task == 'classification' and num_classes:
+            return (torch.arange(self.batch_size) + b * self.batch_size) % num_classes
+        return None
+
+    def _log_passes(self) -> None:
+        """``self.stats``: teacher / student forward+backward passes per synthesised image over
+        every cached batch (what the images cost, warm-ups and chain heads included), logged."""
+        records = [self.cache.load(b, self._shape) for b in range(self.num_batches)]
+        stats = [r.get('stats') or {} for r in records if r is not None]
+        if not stats or any('teacher_passes' not in s for s in stats):
+            self.stats = {}
+            return
+        self.stats = dict(batches=len(stats), images=len(stats) * self.batch_size,
+                          teacher_passes_per_image=sum(s['teacher_passes'] for s in stats) / len(stats),
+                          student_passes_per_image=sum(s.get('student_passes', 0) for s in stats) / len(stats),
+                          seconds=sum(s.get('seconds', 0.0) for s in stats))
+        print_log(f"synthetic_data: {type(self.synthesizer).__name__}: "
+                  f"{self.stats['teacher_passes_per_image']:.1f} teacher and "
+                  f"{self.stats['student_passes_per_image']:.1f} student passes per image over "
+                  f"the {len(stats)} cached batches, {self.stats['seconds']:.0f} s when made",
+                  logger='current')
 
     def _batch(self, b: int) -> torch.Tensor:
         if b not in self._batches:

@@ -79,3 +79,60 @@ def get_preset(name: str) -> dict:
         raise ValueError(f'preset: {name!r} is not a synthesis preset; choose one of '
                          f'{", ".join(sorted(PRESETS))}')
     return copy.deepcopy(PRESETS[name])
+
+
+# ----------------------------------------------------------------------------- generator
+# Every setting of GeneratorSynthesizer (Fast-Datafree, spec fast_synthesis.md), with its meaning.
+GENERATOR_SETTINGS_DOC = {
+    'steps': 'Adam steps (teacher forward+backward passes) per batch, after the first of a stream',
+    'first_steps': "steps of a stream's first batch (the meta generator starts untrained; counted)",
+    'stream_batches': 'batches per meta-learning stream (0: all batches in one); a DDP rank '
+                      'synthesises whole streams',
+    'latent_dim': 'size of the latent vector z',
+    'channels': 'generator width (ngf): 2x channels up to the last block, x1 in it',
+    'lr': 'Adam lr of the per-batch (fast) generator',
+    'lr_z': 'Adam lr of the per-batch latents',
+    'betas': 'Adam betas of the fast generator, the latents and the meta optimizer',
+    'meta': "'fomaml' (sum of the fast gradients) or 'reptile' (towards the adapted weights)",
+    'meta_lr': "fomaml: Adam lr of the meta generator (None: lr x steps, as Fast-Datafree); "
+               "reptile: the step beta towards the adapted weights (None: 1)",
+    'conditional': 'classifiers: the one-hot CE label is a generator input beside z',
+    'reset_latent_layer': "re-initialise the generator's first (linear) layer for every batch",
+    'bn_momentum': 'momentum of the BN statistics targets across batches (0: each batch alone)',
+    'bn_weight': 'lambda_BN',
+    'first_bn_multiplier': 'extra factor on the first BN layer term',
+    'ce_weight': 'lambda_CE (classifiers only; balanced target labels)',
+    'tv_weight': 'lambda_TV (l2 total variation of the images)',
+    'l2_weight': 'lambda_l2',
+    'jitter': 'max random roll in pixels before the teacher',
+    'flip': 'random horizontal flip before the teacher',
+    'keep': "images kept per batch: 'best' (lowest loss of the steps) or 'last' step's",
+    'amp': 'autocast (bf16) where CUDA is present',
+}
+
+_GEN_CLASSIFICATION = dict(
+    steps=10, first_steps=50, stream_batches=0, latent_dim=100, channels=64, lr=5e-3,
+    lr_z=0.015, betas=(0.5, 0.999), meta='fomaml', meta_lr=None, reset_latent_layer=False,
+    conditional=True,
+    bn_momentum=0.9, bn_weight=10.0, first_bn_multiplier=1.0, ce_weight=2.0, tv_weight=0.0,
+    l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True)
+# detection / pose: no logits; a 16-wide generator (the 64-wide one cost 5x the digits teacher
+# per step at 128 px), Reptile steps all the way to the adapted weights, lighter BN momentum,
+# and a longer first batch (90 + 7 x 10 = 20 passes per image over a stream of 8 batches).
+_GEN_DETECTION = dict(_GEN_CLASSIFICATION, bn_weight=1.0, first_bn_multiplier=10.0,
+                      ce_weight=0.0, jitter=8, flip=True, channels=16, meta='reptile',
+                      bn_momentum=0.5, first_steps=90)
+
+GENERATOR_PRESETS = {
+    'classification': _GEN_CLASSIFICATION,
+    'detection': _GEN_DETECTION,
+    'pose': dict(_GEN_DETECTION),
+}
+
+
+def get_generator_preset(name: str) -> dict:
+    """A copy of the settings of GeneratorSynthesizer preset ``name``, or a one-line error."""
+    if name not in GENERATOR_PRESETS:
+        raise ValueError(f'preset: {name!r} is not a generator preset; choose one of '
+                         f'{", ".join(sorted(GENERATOR_PRESETS))}')
+    return copy.deepcopy(GENERATOR_PRESETS[name])

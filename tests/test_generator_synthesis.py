@@ -1,0 +1,139 @@
+"""GeneratorSynthesizer: settings, the dataset cache, pass counts, repeatability, resume, ranks."""
+import pytest
+import torch
+from mmengine.config import Config
+
+from dfbf_mm.registry import DATASETS, SYNTHESIZERS
+from dfbf_mm.stock_model import build_stock_model, pixel_range
+from dfbf_mm.synthesis import GeneratorSynthesizer, inversion_target
+from dfbf_mm.synthesis import generator as generator_module
+from dfbf_mm.synthesis.inversion_target import check_phase_sizes
+
+torch.set_num_threads(1)
+
+MODEL = dict(type='ImageClassifier',
+             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=4, base_channels=4),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(type='LinearClsHead', num_classes=5, in_channels=32))
+PRE = dict(type='ClsDataPreprocessor', mean=[120., 110., 100.], std=[60., 50., 40.], to_rgb=True)
+SYNTH = dict(type='GeneratorSynthesizer', preset='classification', steps=2, first_steps=3,
+             channels=4, latent_dim=8)
+
+
+@pytest.fixture(scope='module')
+def teacher():
+    torch.manual_seed(0)
+    return build_stock_model(Config(dict(default_scope='mmpretrain', model=MODEL, data_preprocessor=PRE)))
+
+
+def make(cache_dir, **kw):
+    synth = dict(SYNTH, **kw.pop('synth', {}))
+    args = dict(type='SyntheticImageDataset', num_images=8, batch_size=2, image_size=(8, 8),
+                synthesizer=synth, cache_dir=str(cache_dir), seed=0)
+    args.update(kw)
+    return DATASETS.build(args)
+
+
+def images(ds):
+    return torch.stack([ds[i]['inputs'] for i in range(len(ds))])
+
+
+def test_settings_errors():
+    assert isinstance(SYNTHESIZERS.build(dict(type='GeneratorSynthesizer', preset='pose')), GeneratorSynthesizer)
+    for kw, match in ((dict(preset='nope'), "preset: 'nope' is not a generator preset"),
+                      (dict(stepz=3), 'stepz: not a GeneratorSynthesizer setting'),
+                      (dict(steps=0), 'steps: must be an integer >= 1'),
+                      (dict(meta='maml'), "meta: 'maml' is not"),
+                      (dict(bn_momentum=1.0), r'bn_momentum: must be in \[0, 1\)'),
+                      (dict(keep='first'), "keep: 'first'"),
+                      (dict(lr=0), 'lr: must be positive')):
+        with pytest.raises(ValueError, match=match):
+            GeneratorSynthesizer(**kw)
+    assert GeneratorSynthesizer(meta_lr=None).settings['meta_lr'] is None
+
+
+def test_cache_stats_repeatable_and_reused(tmp_path, teacher):
+    ds = make(tmp_path / 'a')
+    assert ds.prepare(teacher, 'classification', progress=False) == dict(generated=4, reused=0)
+    # the stream's first batch takes first_steps, the others steps: (3 + 2 + 2 + 2) / 4
+    assert ds.stats['teacher_passes_per_image'] == pytest.approx(9 / 4)
+    assert ds.stats['student_passes_per_image'] == 0 and ds.stats['batches'] == 4
+    x = images(ds)
+    lo, hi = pixel_range(teacher)
+    assert x.shape == (8, 3, 8, 8) and (x >= lo - 1e-5).all() and (x <= hi + 1e-5).all()
+    assert not torch.equal(x[:2], x[2:4])  # batches differ
+    record = torch.load(ds.cache.path(1), weights_only=True)
+    assert record['labels'].tolist() == [2, 3] and record['stats']['teacher_passes'] == 2
+    again = make(tmp_path / 'b')  # same seed and settings elsewhere: the same images on CPU
+    again.prepare(teacher, 'classification', progress=False)
+    assert torch.equal(images(again), x)
+    reused = make(tmp_path / 'a')
+    assert reused.prepare(teacher, 'classification', progress=False) == dict(generated=0, reused=4)
+    assert torch.equal(images(reused), x)
+    for kw in (dict(seed=1), dict(synth=dict(steps=3))):  # seed and settings are in the key
+        other = make(tmp_path / 'a', **kw)
+        other.prepare(teacher, 'classification', progress=False)
+        assert other.cache.dir != ds.cache.dir and not torch.equal(images(other), x)
+
+
+def test_resume_after_kill_continues_the_stream(tmp_path, teacher, monkeypatch):
+    full = make(tmp_path / 'full')
+    full.prepare(teacher, 'classification', progress=False)
+    calls = []
+    batch = generator_module._Stream.batch
+
+    def dying(self, *a, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while making the third batch
+        calls.append(1)
+        return batch(self, *a, **kw)
+
+    monkeypatch.setattr(generator_module._Stream, 'batch', dying)
+    killed = make(tmp_path / 'killed')
+    with pytest.raises(KeyboardInterrupt):
+        killed.prepare(teacher, 'classification', progress=False)
+    monkeypatch.setattr(generator_module._Stream, 'batch', batch)
+    calls.clear()
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return batch(self, *a, **kw)
+
+    monkeypatch.setattr(generator_module._Stream, 'batch', counting)
+    resumed = make(tmp_path / 'killed')
+    assert resumed.prepare(teacher, 'classification', progress=False) == dict(generated=2, reused=2)
+    assert len(calls) == 2  # continued from the saved state, nothing recomputed
+    assert torch.equal(images(resumed), images(full))
+    # a lost early batch: the state is past it, so the stream restarts and remakes it exactly
+    import os
+    os.remove(resumed.cache.path(0))
+    calls.clear()
+    again = make(tmp_path / 'killed')
+    assert again.prepare(teacher, 'classification', progress=False) == dict(generated=1, reused=3)
+    assert len(calls) == 1 and torch.equal(images(again), images(full))
+
+
+def test_ranks_share_whole_streams(tmp_path, teacher):
+    single = make(tmp_path / 'one', synth=dict(stream_batches=2))
+    single.prepare(teacher, 'classification', progress=False)
+    r0 = make(tmp_path / 'two', synth=dict(stream_batches=2))
+    r1 = make(tmp_path / 'two', synth=dict(stream_batches=2))
+    assert r0.prepare(teacher, 'classification', rank=0, world_size=2, progress=False)['generated'] == 2
+    assert r1.prepare(teacher, 'classification', rank=1, world_size=2, progress=False)['generated'] == 2
+    both = make(tmp_path / 'two', synth=dict(stream_batches=2))
+    assert both.prepare(teacher, 'classification', progress=False) == dict(generated=0, reused=4)
+    assert torch.equal(images(both), images(single))
+    # the second stream starts afresh: its first batch takes first_steps
+    assert both.stats['teacher_passes_per_image'] == pytest.approx((3 + 2) * 2 / 4)
+
+
+def test_errors_and_sizes(tmp_path, teacher):
+    with pytest.raises(ValueError, match='chain_length: GeneratorSynthesizer makes streams'):
+        make(tmp_path, chain_length=2).prepare(teacher, 'classification', progress=False)
+    synth = GeneratorSynthesizer(**{k: v for k, v in SYNTH.items() if k != 'type'})
+    assert synth.network_inputs() == [('generator (steps)', 1)]
+    target = inversion_target(teacher, 'classification')
+    check_phase_sizes(target, (8, 8), synth.network_inputs(), 3, 'cpu')
+    x, stats = synth.synthesize(target, 2, (8, 8), pixel_range(teacher), seed=3,
+                                labels=torch.tensor([0, 4]), progress=False)
+    assert x.shape == (2, 3, 8, 8) and stats['teacher_passes'] == 3 and 'ce' in stats

@@ -1,0 +1,206 @@
+"""DeepInversion vs the meta-learned generator, side by side on the digits tasks (issue 14).
+
+    python tools/benchmarks/synthesis_methods.py [--tasks cls det pose] [--methods di gen gen_wall real]
+        [--sparsities cls=0.5 det=0.5,0.7 pose=0.5] [--seeds 0] [--out work_dirs/synthesis_methods]
+        [--out-md docs/synthesis_methods.md]
+
+Per task: the committed teacher, pruned (uniform L1, each listed sparsity) into the same
+student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's full budget
+(same loss, same number of iterations) on the images of each method:
+
+* ``di``: the task config's DeepInversion synthesizer (the `fast`-based schedules of
+  docs/benchmark_results.md);
+* ``gen``: ``GeneratorSynthesizer`` with the task's preset, as many images as ``di``;
+* ``gen_wall``: the generator given ``di``'s synthesis wall time (measured in this run): more
+  images, epochs cut so the fine-tuning iterations stay the same;
+* ``real``: the real train split (upper bound), same iterations.
+
+Synthesis runs once per (task, method) and is timed in this process; teacher passes per image
+come from the cached batches (``SyntheticImageDataset.stats``: whole run, a stream's warm-up
+included). Results go to ``--out/results.json`` (a rerun skips finished rows) and one table.
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+for path in (REPO, osp.join(REPO, 'tools', 'benchmarks')):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import run as bench  # noqa: E402  (tools/benchmarks/run.py)
+
+GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
+METHODS = ('di', 'gen', 'gen_wall', 'real')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--tasks', nargs='+', default=list(bench.TASKS), choices=list(bench.TASKS))
+    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    p.add_argument('--sparsities', nargs='+', default=['cls=0.5', 'det=0.5,0.7', 'pose=0.5'],
+                   help='TASK=S[,S...] uniform sparsities per task')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0], help='fine-tuning seeds')
+    p.add_argument('--generator', default='{}', help='JSON overrides of every task\'s generator preset')
+    p.add_argument('--out', default='work_dirs/synthesis_methods')
+    p.add_argument('--data', default='data/digits')
+    p.add_argument('--out-md', default=None)
+    p.add_argument('--quick', action='store_true', help=argparse.SUPPRESS)  # run.task_config reads it
+    args = p.parse_args(argv)
+    args.sparsity = {}
+    for item in args.sparsities:
+        task, _, values = item.partition('=')
+        if task not in bench.TASKS or not values:
+            p.error(f'--sparsities: {item!r} is not TASK=S[,S...] with TASK in {", ".join(bench.TASKS)}')
+        args.sparsity[task] = [float(v) for v in values.split(',')]
+    args.generator = json.loads(args.generator)
+    return args
+
+
+def base_config(task, args, sparsity, method, work_dir):
+    return bench.task_config(task, args, 'uniform', sparsity, 'real' if method == 'real' else 'dfbf',
+                             work_dir)
+
+
+def synthesis(task, method, args, results, log):
+    """Synthesise (or reuse) the method's images; returns its record (cache dir, images, time)."""
+    import torch
+    from mmengine.registry import DATASETS
+    from dfbf_mm.engine import DataFreeDistillRunner
+    key = f'{task}|synthesis|{method}'
+    if key in results:
+        return results[key]
+    cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
+    data = cfg.dfbf['synthetic_data']
+    data['cache_dir'] = osp.join(args.out, 'cache', task)
+    if method != 'di':
+        cfg.dfbf['synthesizer'] = dict(type='GeneratorSynthesizer', preset=GENERATOR_PRESET[task],
+                                       **args.generator)
+        if method == 'gen_wall':
+            di, gen = results[f'{task}|synthesis|di'], results[f'{task}|synthesis|gen']
+            # as many batches as fit in di's wall time at gen's seconds per batch
+            batches = max(1, int(di['wall_s'] / (gen['wall_s'] / gen['batches'])))
+            data['num_images'] = batches * data['batch_size']
+    cfg.dfbf['export'] = dict(profile=False)
+    runner = DataFreeDistillRunner.from_cfg(cfg)
+    dataset = DATASETS.build(copy.deepcopy(runner.cfg.train_dataloader['dataset']))
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    done = dataset.prepare(runner.model.teacher, runner.cfg.dfbf_task)
+    wall = time.perf_counter() - t
+    if not done['generated']:
+        wall = dataset.stats['seconds']  # all cached: the time recorded when the batches were made
+    record = dict(wall_s=wall, batches=dataset.num_batches, num_images=data['num_images'],
+                  batch_size=dataset.batch_size, cache=osp.basename(dataset.cache.dir),
+                  synthesizer=cfg.dfbf['synthesizer'], **{k: dataset.stats[k] for k in
+                                                         ('teacher_passes_per_image', 'student_passes_per_image')})
+    log(f'[synthesis] {task} {method}: {record}')
+    results[key] = record
+    return record
+
+
+def finetune(task, method, sparsity, seed, args, results, log):
+    """The pruned student fine-tuned on the method's data; its test metric and times."""
+    from dfbf_mm.engine import DataFreeDistillRunner
+    key = f'{task}|s{sparsity:g}|{method}|seed{seed}'
+    if key in results:
+        return results[key]
+    work_dir = osp.join(args.out, 'runs', task, f's{sparsity:g}_{method}_seed{seed}')
+    cfg = base_config(task, args, sparsity, method, work_dir)
+    budget = cfg.dfbf['synthetic_data']['num_images'] * cfg.dfbf['schedule']['epochs']
+    if method != 'real':
+        synth = results[f'{task}|synthesis|{method}']
+        cfg.dfbf['synthesizer'] = synth['synthesizer']
+        cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
+                                          cache_dir=osp.join(args.out, 'cache', task))
+        # same fine-tuning iterations: epochs x images held at the budget's
+        epochs = max(1, round(budget / synth['num_images']))
+        sched = cfg.dfbf['schedule']
+        scale = epochs / sched['epochs']
+        sched.update(epochs=epochs, checkpoint_interval=epochs,
+                     lr_steps=[max(1, round(s * scale)) for s in sched.get('lr_steps', [])])
+    cfg.dfbf['export'] = dict(profile=False)
+    cfg.randomness = dict(seed=seed)
+    runner = DataFreeDistillRunner.from_cfg(cfg)
+    runner.model._is_init = True  # see run.measure_run
+    hook = bench.make_bench_hook()
+    runner.register_hook(hook)
+    pruned = bench.metric_of(runner.val(), task)
+    runner.train()
+    metrics = hook.metrics if hook.metrics is not None else runner.val_loop.run()
+    record = dict(metric=bench.metric_of(metrics, task), pruned=pruned, finetune_s=hook.train_s,
+                  epochs=cfg.dfbf['schedule']['epochs'])
+    log(f'[finetune] {key}: {record}')
+    results[key] = record
+    return record
+
+
+def table(results, args):
+    lines = ['| task | sparsity | method | images | teacher passes / image | synthesis s | '
+             'metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 10]
+    names = dict(di='DeepInversion (task config, `fast`-based)', gen='generator, same images',
+                 gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)')
+    for task in args.tasks:
+        teacher = results.get(f'{task}|teacher', {}).get('metric')
+        for s in args.sparsity.get(task, []):
+            real = [results[k]['metric'] for k in results if k.startswith(f'{task}|s{s:g}|real|')]
+            real_mean = sum(real) / len(real) if real else None
+            for m in args.methods:
+                runs = [results[f'{task}|s{s:g}|{m}|seed{seed}'] for seed in args.seeds
+                        if f'{task}|s{s:g}|{m}|seed{seed}' in results]
+                if not runs:
+                    continue
+                mean = sum(r['metric'] for r in runs) / len(runs)
+                synth = results.get(f'{task}|synthesis|{m}', {})
+                lines.append('| ' + ' | '.join([
+                    task, f'{s:g}', names[m], str(synth.get('num_images', '')),
+                    f"{synth['teacher_passes_per_image']:.1f}" if synth else '',
+                    f"{synth['wall_s']:.0f}" if synth else '',
+                    ', '.join(f"{r['metric']:.2f}" for r in runs), f'{mean:.2f}',
+                    f'{100 * mean / teacher:.1f}' if teacher else '',
+                    f'{mean - real_mean:+.2f}' if real_mean is not None and m != 'real' else '']) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import dfbf_mm  # noqa: F401
+    bench.ensure_data(args.data)
+    os.makedirs(args.out, exist_ok=True)
+    path = osp.join(args.out, 'results.json')
+    results = bench.load_results(path)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    for task in args.tasks:
+        if f'{task}|teacher' not in results:
+            results[f'{task}|teacher'] = bench.measure_teacher(task, args)
+            bench.save_results(results, path)
+        for m in args.methods:
+            if m != 'real':
+                if m == 'gen_wall':
+                    for need in ('di', 'gen'):
+                        synthesis(task, need, args, results, log)
+                synthesis(task, m, args, results, log)
+                bench.save_results(results, path)
+            for s in args.sparsity.get(task, []):
+                for seed in args.seeds:
+                    finetune(task, m, s, seed, args, results, log)
+                    bench.save_results(results, path)
+    text = table(results, args)
+    print(text)
+    if args.out_md:
+        with open(args.out_md, 'w') as f:
+            f.write(f'Produced by `python tools/benchmarks/synthesis_methods.py '
+                    f'{" ".join(argv if argv is not None else sys.argv[1:])}`.\n\n{text}\n')
+    return results
+
+
+if __name__ == '__main__':
+    from dfbf_mm.cli import run_cli
+    run_cli(main)
