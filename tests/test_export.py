@@ -222,3 +222,24 @@ def test_prune_tool_fuses_a_reparameterisable_backbone(tmp_path):
         p.numel() for p in teacher.backbone.parameters())
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64), mode='tensor').shape == (1, 1000)
+
+
+def test_macs_of_attention_called_with_keywords():
+    # mmcv's attention (PVT, DETR necks) passes query/key/value as keywords
+    attention = torch.nn.MultiheadAttention(16, 2)
+
+    class Keywords(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attention
+
+        def forward(self, x):
+            return self.attn(query=x, key=x, value=x)[0]
+
+    class Positional(Keywords):
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    x = torch.randn(5, 1, 16)
+    macs = count_macs_params(Keywords(), x)[0]
+    assert macs == count_macs_params(Positional(), x)[0] > 2 * 5 * 16 * 16

@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.utils import op_counter
 
+from ..utils import eval_mode
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -53,6 +55,31 @@ def _subclass_hooks(model: nn.Module) -> dict:
     return extra
 
 
+@contextlib.contextmanager
+def _attention_inputs_by_keyword(model: nn.Module):
+    """Torch-Pruning's ``nn.MultiheadAttention`` counter unpacks ``(q, k, v)`` from the
+    positional inputs; mmcv's attention (PVT, DETR-style necks) passes them as keywords, so
+    the counter would fail. Inside, such calls are counted from their keyword q/k/v."""
+    known = op_counter.MODULES_MAPPING[nn.MultiheadAttention]
+    calls, handles = {}, []
+
+    def remember(module, args, kwargs):
+        calls[id(module)] = args if len(args) >= 3 else tuple(
+            [*args, *(kwargs.get(k) for k in ('query', 'key', 'value')[len(args):])])
+
+    def count(module, inputs, output):
+        return known(module, inputs if len(inputs) >= 3 else calls.get(id(module), inputs), output)
+
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            handles.append(m.register_forward_pre_hook(remember, with_kwargs=True))
+    try:
+        yield {nn.MultiheadAttention: count} if handles else {}
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, int]:
     """(MACs, params) of one forward of ``inputs`` (eval mode).
 
@@ -61,17 +88,14 @@ def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, i
     like its base class. A counted layer is counted once per call, as itself: the layers inside
     it are not added again, so a conv subclass that wraps another conv counts once.
     """
-    was = backbone.training
-    backbone.eval()
     saved = op_counter.CUSTOM_MODULES_MAPPING
-    # count_ops_and_params reads this module global and resets it to {} when it is done.
-    op_counter.CUSTOM_MODULES_MAPPING = {**_subclass_hooks(backbone), **saved}
     try:
-        with torch.no_grad():
+        with eval_mode(backbone), torch.no_grad(), _attention_inputs_by_keyword(backbone) as attention:
+            # count_ops_and_params reads this module global and resets it to {} when it is done
+            op_counter.CUSTOM_MODULES_MAPPING = {**_subclass_hooks(backbone), **attention, **saved}
             macs, params = tp.utils.count_ops_and_params(backbone, inputs)
     finally:
         op_counter.CUSTOM_MODULES_MAPPING = saved
-        backbone.train(was)
     return int(macs), int(params)
 
 
