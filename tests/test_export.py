@@ -11,7 +11,7 @@ from mmengine.hub import get_config
 from mmengine.runner import load_checkpoint
 
 import dfbf_mm.pruning  # noqa: F401  (registers PrunedBackbone)
-from dfbf_mm.export import export_pruned_model, profile_backbones
+from dfbf_mm.export import count_macs_params, export_pruned_model, profile_backbones
 from dfbf_mm.registry import MODELS
 from dfbf_mm.stock_model import build_stock_model, load_weights
 
