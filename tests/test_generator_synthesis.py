@@ -46,7 +46,8 @@ def test_settings_errors():
                       (dict(meta='maml'), "meta: 'maml' is not"),
                       (dict(bn_momentum=1.0), r'bn_momentum: must be in \[0, 1\)'),
                       (dict(keep='first'), "keep: 'first'"),
-                      (dict(lr=0), 'lr: must be positive')):
+                      (dict(lr=0), 'lr: must be positive'),
+                      (dict(max_passes_per_image=5), 'max_passes_per_image: 5 is below steps 10')):
         with pytest.raises(ValueError, match=match):
             GeneratorSynthesizer(**kw)
     assert GeneratorSynthesizer(meta_lr=None).settings['meta_lr'] is None
@@ -137,3 +138,7 @@ def test_errors_and_sizes(tmp_path, teacher):
     x, stats = synth.synthesize(target, 2, (8, 8), pixel_range(teacher), seed=3,
                                 labels=torch.tensor([0, 4]), progress=False)
     assert x.shape == (2, 3, 8, 8) and stats['teacher_passes'] == 3 and 'ce' in stats
+    # a one-batch stream cannot amortise a warm-up: capped at max_passes_per_image
+    capped = GeneratorSynthesizer(channels=4, latent_dim=8, steps=2, first_steps=30, max_passes_per_image=5)
+    assert capped.synthesize(target, 2, (8, 8), pixel_range(teacher), seed=3,
+                             progress=False)[1]['teacher_passes'] == 5

@@ -11,6 +11,9 @@ generator G(z) makes the images, so batches share what G has learnt:
 * BN targets with momentum: every BN input's batch mean / variance is mixed with the
   statistics of the earlier batches before it is compared with the running statistics, so a
   batch need not match them alone;
+* a stream's first batch takes ``first_steps`` (the meta generator starts untrained), capped so
+  that a stream spends at most ``max_passes_per_image`` passes per image overall (a one-batch
+  stream: that many steps);
 * batches form *streams* (``stream_batches``): one meta generator per stream, seeded by the
   stream's index. A stream is sequential (batch b starts from the meta state after b - 1), so
   after every batch the stream's state is written beside the cache; a killed run resumes from
@@ -127,9 +130,13 @@ class _Stream:
     """One meta-learning stream: the meta generator, its optimizer, the BN momentum buffers."""
 
     def __init__(self, synth: 'GeneratorSynthesizer', seed: int, image_size, channels: int, device,
-                 num_classes: int = 0):
+                 num_classes: int = 0, length: int = 1):
         s = synth.settings
         self.settings = s
+        self.first_steps = s['first_steps']
+        if s['max_passes_per_image']:  # a short stream gets a shorter warm-up
+            self.first_steps = min(self.first_steps, max(
+                s['steps'], s['max_passes_per_image'] * length - s['steps'] * (length - 1)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.generator = Generator(s['latent_dim'], s['channels'], image_size, channels,
@@ -152,7 +159,7 @@ class _Stream:
         self.done = int(state['done'])
 
     def steps(self) -> int:
-        return self.settings['first_steps'] if self.done == 0 else self.settings['steps']
+        return self.first_steps if self.done == 0 else self.settings['steps']
 
     def batch(self, target: nn.Module, batch_size: int, pixel_range, seed: int,
               labels: Optional[torch.Tensor], loss_terms: Callable, bar) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -263,6 +270,7 @@ class GeneratorSynthesizer:
     @staticmethod
     def _validate(s: dict) -> None:
         for key, low in (('steps', 1), ('first_steps', 1), ('stream_batches', 0), ('latent_dim', 1),
+                         ('max_passes_per_image', 0),
                          ('channels', 1), ('jitter', 0)):
             if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < low:
                 raise ValueError(f'{key}: must be an integer >= {low}, got {s[key]!r}')
@@ -274,6 +282,9 @@ class GeneratorSynthesizer:
                 raise ValueError(f'{key}: must be a non-negative number, got {s[key]!r}')
         if not (isinstance(s['bn_momentum'], (int, float)) and 0 <= s['bn_momentum'] < 1):
             raise ValueError(f'bn_momentum: must be in [0, 1), got {s["bn_momentum"]!r}')
+        if 0 < s['max_passes_per_image'] < s['steps']:
+            raise ValueError(f"max_passes_per_image: {s['max_passes_per_image']} is below steps "
+                             f"{s['steps']} (every batch takes steps passes); raise it or use 0")
         if s['meta'] not in ('fomaml', 'reptile'):
             raise ValueError(f"meta: {s['meta']!r} is not 'fomaml' or 'reptile'")
         if s['keep'] not in ('best', 'last'):
@@ -392,13 +403,13 @@ class GeneratorSynthesizer:
             if not todo:
                 continue
             stream = _Stream(self, _stream_seed(dataset.seed, k), shape[2:], channels, device,
-                             num_classes if labels_of(r.start) is not None else 0)
+                             num_classes if labels_of(r.start) is not None else 0, len(r))
             state = self._load_state(cache, k)
             if state is not None and r.start + int(state['done']) <= todo[0]:
                 stream.load_state_dict(state)
             plans.append((k, stream, range(r.start + stream.done, todo[-1] + 1)))
         s = self.settings
-        total = sum(s['first_steps'] if stream.done == 0 and i == 0 else s['steps']
+        total = sum(stream.first_steps if stream.done == 0 and i == 0 else s['steps']
                     for _, stream, span in plans for i, _ in enumerate(span))
         bar = tqdm(total=total, desc='generator steps', disable=not progress, dynamic_ncols=True)
         try:

@@ -86,6 +86,8 @@ def get_preset(name: str) -> dict:
 GENERATOR_SETTINGS_DOC = {
     'steps': 'Adam steps (teacher forward+backward passes) per batch, after the first of a stream',
     'first_steps': "steps of a stream's first batch (the meta generator starts untrained; counted)",
+    'max_passes_per_image': "cap on a stream's teacher passes per image, warm-up included: the "
+                            'first batch is shortened to fit (0: no cap)',
     'stream_batches': 'batches per meta-learning stream (0: all batches in one); a DDP rank '
                       'synthesises whole streams',
     'latent_dim': 'size of the latent vector z',
@@ -111,7 +113,7 @@ GENERATOR_SETTINGS_DOC = {
 }
 
 _GEN_CLASSIFICATION = dict(
-    steps=10, first_steps=50, stream_batches=0, latent_dim=100, channels=64, lr=5e-3,
+    steps=10, first_steps=50, max_passes_per_image=20, stream_batches=0, latent_dim=100, channels=64, lr=5e-3,
     lr_z=0.015, betas=(0.5, 0.999), meta='fomaml', meta_lr=None, reset_latent_layer=False,
     conditional=True,
     bn_momentum=0.9, bn_weight=10.0, first_bn_multiplier=1.0, ce_weight=2.0, tv_weight=0.0,
