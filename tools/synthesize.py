@@ -1,4 +1,4 @@
-"""Synthesise DeepInversion images from a teacher and write them as PNGs plus grid.png.
+"""Synthesise images from a teacher (DeepInversion or the generator) and write PNGs plus grid.png.
 
     python tools/synthesize.py CONFIG CHECKPOINT --num-images N --out DIR [--seed S]
         [--batch-size B] [--cfg-options KEY=VALUE ...]

@@ -2,7 +2,7 @@
 
     python tools/benchmarks/synthesis_methods.py [--tasks cls det pose] [--methods di gen gen_wall real]
         [--sparsities cls=0.5 det=0.5,0.7 pose=0.5] [--seeds 0] [--out work_dirs/synthesis_methods]
-        [--out-md docs/synthesis_methods.md]
+        [--out-md docs/synthesis_methods.md] [--report-only]
 
 Per task: the committed teacher, pruned (uniform L1, each listed sparsity) into the same
 student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's full budget
@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument('--out', default='work_dirs/synthesis_methods')
     p.add_argument('--data', default='data/digits')
     p.add_argument('--out-md', default=None)
+    p.add_argument('--report-only', action='store_true', help='only print the table of results.json')
     p.add_argument('--quick', action='store_true', help=argparse.SUPPRESS)  # run.task_config reads it
     args = p.parse_args(argv)
     args.sparsity = {}
@@ -177,7 +178,7 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
-    for task in args.tasks:
+    for task in [] if args.report_only else args.tasks:
         if f'{task}|teacher' not in results:
             results[f'{task}|teacher'] = bench.measure_teacher(task, args)
             bench.save_results(results, path)

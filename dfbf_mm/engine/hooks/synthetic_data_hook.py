@@ -49,4 +49,7 @@ class SyntheticDataHook(Hook):
         path = write_image(grid, osp.join(runner.work_dir, 'synthetic_images.png'), rgb)
         grid = grid if rgb else grid.flip(0)  # the visualizer takes RGB
         runner.visualizer.add_image('synthetic_images', grid.permute(1, 2, 0).numpy())
-        runner.logger.info(f'synthetic images: {len(dataset)} ready; grid: {path}')
+        stats = getattr(dataset, 'stats', None) or {}
+        cost = (f"; {stats['teacher_passes_per_image']:.1f} teacher passes per image"
+                if 'teacher_passes_per_image' in stats else '')
+        runner.logger.info(f'synthetic images: {len(dataset)} ready{cost}; grid: {path}')
