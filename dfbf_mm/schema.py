@@ -269,14 +269,35 @@ EXPORT = Block('dfbf.export', 'what is written to <work_dir>/export after traini
     Option('onnx', False, 'also export to ONNX and check it in onnxruntime', boolean),
 ])
 
+def epoch_counts(v):
+    if v is not None and (not isinstance(v, (tuple, list)) or not v or not all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v)):
+        raise Invalid(f'must be None or a list of epoch counts >= 1, one per step, got {v!r}')
+    return None if v is None else list(v)
+
+
+PROGRESSIVE = Block('dfbf.progressive', 'prune toward dfbf.pruner.target in steps, each followed by '
+                    'fine-tuning on the same synthetic images (off unless given)', [
+    Option('steps', 3, 'steps K: step k prunes the student to k/K of the target cut (of the '
+           'unpruned backbone), then fine-tunes', integer(1)),
+    Option('epochs', None, 'epochs of each step, K numbers adding up to dfbf.schedule.epochs '
+           '(default: schedule.epochs split evenly); each step restarts the lr schedule, scaled to it',
+           epoch_counts),
+], optional=True)
+
 DFBF = Block('dfbf', 'the experiment', [
     Option('teacher_checkpoint', None, 'your trained, unpruned model', optional_str, required=True),
     Option('pruner', None, "a PRUNERS config: L1FilterPruner(sparsity, norm=1, layer_dependent, "
-           "overrides, ignore, min_channels, round_to, trace_time_limit=60) or PaodingPruner(...)",
+           "overrides, ignore, min_channels, round_to, trace_time_limit=60, target=dict(macs=f) "
+           "(or params=, latency=: the cost fraction to remove; the sparsity is then found), "
+           "ranking='uniform' or 'global', max_ratio=0.9) or PaodingPruner(...)",
            registered(PRUNERS), required=True),
     Option('synthesizer', None, "a SYNTHESIZERS config: DeepInversionSynthesizer(preset=..., "
            "**settings), presets 'classification', 'detection', 'pose' (the reference settings), "
-           "'fast' (1/10 of the teacher passes, docs/synthesis_speed.md) and 'fast_chain'",
+           "'fast' (1/10 of the teacher passes, docs/synthesis_speed.md) and 'fast_chain'; or "
+           "GeneratorSynthesizer(preset=..., **settings), a meta-learned generator at <= 20 "
+           "teacher passes per image, presets 'classification', 'detection', 'pose' "
+           "(docs/synthesis_methods.md)",
            registered(SYNTHESIZERS), required=True),
     Option('synthetic_data', {}, SYNTHETIC_DATA.doc, SYNTHETIC_DATA.read),
     Option('distill', {}, DISTILL.doc, DISTILL.read),
@@ -289,9 +310,10 @@ DFBF = Block('dfbf', 'the experiment', [
            one_of(*TRAIN_DATA)),
     Option('keep_custom_hooks', False, "keep the stock config's custom_hooks while fine-tuning",
            boolean),
+    Option('progressive', None, PROGRESSIVE.doc, PROGRESSIVE.read),
 ])
 
-BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT)
+BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, PROGRESSIVE)
 
 
 def loss_config(distill: dict) -> dict:
@@ -317,10 +339,31 @@ def read_dfbf(block) -> dict:
     explicit = dfbf['distill']['loss'] != DISTILL.defaults()['loss']
     build_checked(MODELS, loss_config(dfbf['distill']),
                   'dfbf.distill.loss' if explicit else 'dfbf.distill')
+    if dfbf['progressive'] is not None:
+        check_progressive(dfbf)
     if dfbf['sp_loss'] is not None:
         build_checked(MODELS, dict(type=dfbf['sp_loss']['type'],
                                    loss_weight=dfbf['sp_loss']['weight']), 'dfbf.sp_loss')
     return dfbf
+
+
+def check_progressive(dfbf: dict) -> None:
+    """One line unless ``dfbf.progressive`` fits the rest of the block: a pruner target to
+    divide, an epoch per step at least, the epochs of the steps adding up, no LOP."""
+    steps, epochs = dfbf['progressive']['steps'], dfbf['progressive']['epochs']
+    total = dfbf['schedule']['epochs']
+    if not dfbf['pruner'].get('target'):
+        raise ValueError('dfbf.progressive: needs a target to divide into steps: dfbf.pruner.target='
+                         'dict(macs=f) (or params=, latency=) of an L1FilterPruner')
+    if dfbf['overparam'] is not None:
+        raise ValueError('dfbf.progressive: does not combine with dfbf.overparam (a later step would '
+                         're-prune the expanded LOP chains)')
+    if epochs is None and total < steps:
+        raise ValueError(f'dfbf.progressive.steps: {steps} steps need at least {steps} epochs; '
+                         f'dfbf.schedule.epochs is {total}')
+    if epochs is not None and (len(epochs) != steps or sum(epochs) != total):
+        raise ValueError(f'dfbf.progressive.epochs: {epochs} must be {steps} numbers (steps) adding up '
+                         f'to dfbf.schedule.epochs={total}')
 
 
 def options_table() -> str:

@@ -46,7 +46,9 @@ def _build_deploy(path):
 
 def test_prune_tool_writes_exactly_three_loadable_files(exported, tmp_path):
     cfg, _, out, paths = exported
-    assert sorted(os.listdir(out)) == ['pruned.pth', 'pruned.py', 'pruned_channel_spec.json']
+    # the three loadable files, plus where the cut went (kept channels per group: table, plot)
+    assert sorted(os.listdir(out)) == ['pruned.pth', 'pruned.py', 'pruned_channel_spec.json',
+                                       'pruned_groups.md', 'pruned_groups.png']
     deploy, model = _build_deploy(paths['config'])
     # Only model.backbone and custom_imports/load_from differ from the stock config.
     assert deploy.model.backbone.type == 'PrunedBackbone'

@@ -1,6 +1,6 @@
 """Prune the backbone of a trained mmdet / mmpose / mmpretrain model (no data needed).
 
-    python tools/prune.py CONFIG CHECKPOINT [--sparsity 0.5] [--pruner-cfg KEY=VALUE ...]
+    python tools/prune.py CONFIG CHECKPOINT [--sparsity 0.5 | --target-macs 0.5] [--pruner-cfg KEY=VALUE ...]
         [--input-size H W] [--trace-time-limit 60] [--compile] [--onnx] --out DIR
 
 The pruner is a PRUNERS config: the config's ``dfbf.pruner`` when it has one, else
@@ -10,8 +10,14 @@ The pruner is a PRUNERS config: the config's ``dfbf.pruner`` when it has one, el
 ``--trace-time-limit`` are shorthands for two of them. A re-parameterisable backbone (RepVGG,
 MobileOne) is fused to its deploy form first and exported as a ``deploy=True`` config.
 
-Writes DIR/pruned.py (deploy config), DIR/pruned.pth (strict-loadable checkpoint) and
-DIR/pruned_channel_spec.json, and prints the teacher-vs-pruned profile table.
+--target-macs F (--target-params, --target-latency) prunes to a cost instead of a ratio: the
+pruner's ``target=dict(macs=F)``, F the fraction of the backbone's MACs to remove; the ratio
+that reaches it is found and printed (``--pruner-cfg ranking=global`` ranks channels across
+layers instead of one ratio everywhere).
+
+Writes DIR/pruned.py (deploy config), DIR/pruned.pth (strict-loadable checkpoint),
+DIR/pruned_channel_spec.json, and where the cut went: DIR/pruned_groups.md (kept channels per
+prunable group) and DIR/pruned_groups.png (its plot); prints the teacher-vs-pruned profile table.
 
 Example input size (tracing and profiling): --input-size, else taken from the config --
 mmpose ``codec.input_size`` (W, H), else the test pipeline's crop / resize scale
@@ -127,6 +133,13 @@ def parse_args(argv=None):
     p.add_argument('checkpoint', help='trained checkpoint of that config')
     p.add_argument('--sparsity', type=float, default=None,
                    help='base fraction of channels removed (pruner sparsity; default 0.5)')
+    p.add_argument('--target-macs', type=float, default=None, metavar='F',
+                   help='remove this fraction of the backbone MACs; the sparsity is found '
+                        '(pruner target=dict(macs=F))')
+    p.add_argument('--target-params', type=float, default=None, metavar='F',
+                   help='likewise for the parameters (target=dict(params=F))')
+    p.add_argument('--target-latency', type=float, default=None, metavar='F',
+                   help='likewise for the CPU latency measured here (target=dict(latency=F))')
     p.add_argument('--pruner-cfg', nargs='+', action=CfgOptionsAction, default={},
                    help='arguments of the pruner, KEY=VALUE (type=..., layer_dependent=True, ...)')
     p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=None)
@@ -155,6 +168,13 @@ def pruner_config(cfg: Config, args) -> dict:
         pruner['sparsity'] = args.sparsity
     if args.trace_time_limit is not False:
         pruner['trace_time_limit'] = args.trace_time_limit
+    targets = {k: getattr(args, f'target_{k}') for k in ('macs', 'params', 'latency')
+               if getattr(args, f'target_{k}') is not None}
+    if len(targets) > 1:
+        raise ValueError(f'--target-*: give one of --target-macs / --target-params / --target-latency, '
+                         f'not {len(targets)}')
+    if targets:
+        pruner['target'] = targets
     return DFBF.read_option('pruner', pruner)
 
 
@@ -183,6 +203,10 @@ def main(argv=None):
     if rep:
         print(f'pruned {len(rep["groups"])} channel groups ({len(rep["skipped"])} kept: they reach '
               f'an output or are not prunable) in {seconds:.1f} s on input {h}x{w}')
+        if rep.get('target'):
+            t = rep['target']
+            print(f'target: {t["metric"]} -{t["target"]:.1%}, reached -{t["reached"]:.1%} '
+                  f'({rep.get("ranking", "uniform")} ranking, sparsity {t["sparsity"]:.3f})')
     else:
         print(f'pruned by {type(pruner).__name__} in {seconds:.1f} s on input {h}x{w}')
 
@@ -199,6 +223,15 @@ def main(argv=None):
             print(f'onnx: the whole model did not export ({why}); exported the backbone')
         print(f'onnx: {what} matches PyTorch in onnxruntime, max abs diff {diff:.2e} '
               f'(tolerance {ONNX_TOL:g} x max(1, max |output|))')
+    if rep and rep.get('groups') is not None:  # where the cut went
+        from dfbf_mm.pruning.report import groups_table, plot_groups
+        paths['groups_table'] = osp.join(args.out, f'{args.name}_groups.md')
+        with open(paths['groups_table'], 'w') as f:
+            f.write(groups_table(rep))
+        png = plot_groups(rep, osp.join(args.out, f'{args.name}_groups.png'),
+                          f'{type(backbone).__name__}: kept channels per prunable group')
+        if png:
+            paths['groups_plot'] = png
     for k, v in paths.items():
         print(f'{k}: {v}')
     _, table = profile_backbones(teacher, backbone, (h, w), batch_sizes=args.batch_sizes,

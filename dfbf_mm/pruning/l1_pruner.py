@@ -6,6 +6,10 @@ sum of squares) and loses its lowest-scoring channels; the kept count follows
 :mod:`.ratios`. The work is done on a deep copy: only when the copy runs and every output
 keeps its shape are the new shapes and values moved into the caller's backbone, so a
 backbone we cannot handle is refused with one line and left untouched.
+
+With a ``target`` (``dict(macs=0.5)``: half the backbone's MACs removed; ``params=``,
+``latency=``) the ratio is not given but found (:mod:`.target`); ``ranking='global'`` ranks the
+channels of all groups together by their normalised group L1 norm instead of one ratio per group.
 """
 import copy
 import math
@@ -14,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from ..registry import PRUNERS
 from ..utils import first_line
@@ -22,6 +27,10 @@ from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_sha
 from .group_search import TraceTimeLimitError, pruning_group
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)
+from .target import RANKINGS, THETA_MAX, CostModel, check_target, global_ratios, group_scores, solve
+
+LATENCY_RUNS = 5      # timed forwards per latency measurement of a candidate
+TARGET_TOL = 0.005    # a MACs / params estimate off the real count by more is corrected
 
 
 def _one_line(e: BaseException) -> str:
@@ -49,12 +58,23 @@ class L1FilterPruner:
         trace_time_limit: seconds the dependency tracing, group search and channel removal of
             one prune() may take (None: unbounded); past it prune() raises a one-line
             ValueError naming the backbone and the limit instead of hanging.
+        target: ``dict(macs=f)``, ``dict(params=f)`` or ``dict(latency=f)``: remove the fraction
+            ``f`` of the backbone's MACs / parameters / CPU latency (measured here, batch of
+            ``example_inputs``); the sparsity is then found (``sparsity`` is ignored) and
+            ``report['target']`` says what was reached. A target past what pruning every
+            group to ``min_channels`` (or ``max_ratio``) removes is a one-line error.
+        ranking: ``'uniform'``: every group at the sparsity (or the DFBF width rule);
+            ``'global'``: the sparsity fraction of all prunable channels is removed, the ones
+            with the lowest normalised group L1 norm over all groups (Torch-Pruning's
+            ``GroupMagnitudeImportance(p=norm)``), at most ``max_ratio`` of any group.
+        max_ratio: the most of a group's channels global ranking removes, in (0, 1].
     """
 
     def __init__(self, sparsity: float = 0.5, norm: int = 1, layer_dependent: bool = False,
                  overrides: Optional[Dict[str, float]] = None, ignore: Optional[Sequence[str]] = None,
                  min_channels: int = 1, round_to: Optional[int] = None, keep_residual: bool = True,
-                 trace_time_limit: Optional[float] = 60.0):
+                 trace_time_limit: Optional[float] = 60.0, target: Optional[dict] = None,
+                 ranking: str = 'uniform', max_ratio: float = 0.9):
         self.sparsity = check_sparsity(sparsity, 'sparsity')
         if norm not in (1, 2):
             raise ValueError(f'norm: {norm!r} is not 1 or 2')
@@ -78,17 +98,51 @@ class L1FilterPruner:
                 trace_time_limit, (int, float)) or not trace_time_limit > 0):
             raise ValueError(f'trace_time_limit: {trace_time_limit!r} is not a number of seconds > 0 (or None)')
         self.trace_time_limit = None if trace_time_limit is None else float(trace_time_limit)
-        self.report: dict = {}  # what the last prune() did (groups, skipped, seconds)
+        self.target = check_target(target)
+        if ranking not in RANKINGS:
+            raise ValueError(f'ranking: {ranking!r} is not one of {", ".join(RANKINGS)}')
+        if ranking == 'global' and layer_dependent:
+            raise ValueError("ranking: 'global' ranks across layers; it does not combine with layer_dependent=True")
+        self.ranking = ranking
+        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio <= 1:
+            raise ValueError(f'max_ratio: {max_ratio!r} is not a fraction in (0, 1]')
+        self.max_ratio = float(max_ratio)
+        self.report: dict = {}  # what the last prune() did (groups, skipped, seconds, target)
+        self._theta = self.sparsity  # the ratio in use: sparsity, or the one a target search found
+
 
     # -- planning -------------------------------------------------------------------------
-    def group_ratio(self, group: ChannelGroup) -> float:
-        """Removal ratio of ``group``: override, else (layer-dependent) sparsity."""
+    def override_ratio(self, group: ChannelGroup) -> Optional[float]:
         for pattern, ratio in self.overrides.items():
             if names_matching(pattern, group.out_names):
                 return ratio
+        return None
+
+    def group_ratio(self, group: ChannelGroup) -> float:
+        """Removal ratio of ``group``: override, else the global-ranking share, else the
+        (layer-dependent) sparsity (the one found for a target)."""
+        ratio = self.override_ratio(group)
+        if ratio is not None:
+            return ratio
+        if self.ranking == 'global':
+            return getattr(group, 'global_ratio', 0.0)
         if self.layer_dependent:
-            return layer_dependent_ratio(self.sparsity, group.width)
-        return self.sparsity
+            return layer_dependent_ratio(self._theta, group.width)
+        return self._theta
+
+    def _set_theta(self, trace, theta: float) -> List[int]:
+        """Use ratio ``theta`` (see :mod:`.target`); returns the kept count of every group."""
+        self._theta = theta
+        if self.ranking == 'global':
+            free = [g for g in trace.prunable if self.override_ratio(g) is None]
+            for g in free:  # scored once per trace, before any channel is removed
+                if getattr(g, 'scores', None) is None:
+                    g.scores = group_scores(g, self.norm)
+            ratios = global_ratios([g.scores for g in free], [g.divisor for g in free],
+                                   theta, self.max_ratio)
+            for g, r in zip(free, ratios):
+                g.global_ratio = r
+        return [self.group_keep(g) for g in trace.prunable]
 
     def group_keep(self, group: ChannelGroup) -> int:
         """Channels ``group`` keeps (rule in :mod:`.ratios`; grouped convs force multiples)."""
@@ -97,7 +151,10 @@ class L1FilterPruner:
         return kept_channels(group.width, self.group_ratio(group), self.min_channels, q)
 
     def filter_scores(self, group: ChannelGroup) -> torch.Tensor:
-        """Lp norm of each output filter of the group's root layer (vectorised)."""
+        """Lp norm of each output filter of the group's root layer (vectorised); under global
+        ranking the normalised group norm the ranking used."""
+        if self.ranking == 'global' and getattr(group, 'scores', None) is not None:
+            return group.scores
         w = group.root.weight.detach()
         return w.flatten(1).float().norm(p=self.norm, dim=1)
 
@@ -125,9 +182,8 @@ class L1FilterPruner:
                                  'are not prunable (they reach a backbone output or are skipped)')
 
     # -- pruning --------------------------------------------------------------------------
-    def _prune_copy(self, work: nn.Module, example_inputs: torch.Tensor, ref_shapes,
-                    check_each: bool, outputs=None):
-        """Trace + prune ``work`` (a copy); returns the trace. Raises one line on failure."""
+    def _trace(self, work: nn.Module, example_inputs: torch.Tensor, outputs=None):
+        """Trace ``work`` (a copy) and check the patterns; returns the trace. One line on failure."""
         ignore_names = []
         if self.ignore:
             all_names = [n for n, _ in work.named_modules() if n]
@@ -139,13 +195,18 @@ class L1FilterPruner:
         trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual,
                                      self.trace_time_limit)
         self._check_patterns(work, trace)
-        kind = type(work).__name__
-        if not trace.prunable and self.sparsity > 0:
+        if not trace.prunable and (self.sparsity > 0 or self.target):
             reasons = sorted({r.split(' (')[0] for _, r in trace.skipped})
-            raise ValueError(f'backbone: {kind} has no prunable channel group; every group '
+            raise ValueError(f'backbone: {type(work).__name__} has no prunable channel group; every group '
                              f'{" or ".join(reasons) or "is empty"}')
-        for group in trace.prunable:
-            idxs = self.pruned_indices(group, self.group_keep(group))
+        return trace
+
+    def _remove(self, work: nn.Module, trace, keeps: Sequence[int], example_inputs: torch.Tensor,
+                ref_shapes, check_each: bool) -> None:
+        """Remove the lowest-scoring channels of every group of ``trace`` down to ``keeps``."""
+        kind = type(work).__name__
+        for group, keep in zip(trace.prunable, keeps):
+            idxs = self.pruned_indices(group, keep)
             if not idxs:
                 continue
             try:
@@ -165,13 +226,81 @@ class L1FilterPruner:
                     f'backbone: {kind} cannot be pruned: removing channels of the group rooted at '
                     f'{group.root_name} (coupling {", ".join(types)}) breaks it ({_one_line(e)}); '
                     f'exclude it with ignore=[{group.root_name!r}]') from None
-        return trace
 
-    def prune(self, backbone: nn.Module, example_inputs: torch.Tensor) -> dict:
+    def _prune_copy(self, work: nn.Module, example_inputs: torch.Tensor, ref_shapes,
+                    check_each: bool, outputs=None):
+        """Trace + prune ``work`` (a copy) at the current ratio; returns (trace, keeps)."""
+        trace = self._trace(work, example_inputs, outputs)
+        keeps = self._set_theta(trace, self._theta)
+        self._remove(work, trace, keeps, example_inputs, ref_shapes, check_each)
+        return trace, keeps
+
+    def _unreachable(self, kind: str, metric: str, goal: float, best: float, reference) -> ValueError:
+        limit = f'max_ratio={self.max_ratio:g}' if self.ranking == 'global' else f'min_channels={self.min_channels}'
+        of = 'of the reference' if reference is not None else 'of its'
+        return ValueError(f'target: {metric}={goal:g} cannot be reached on {kind}: pruning every prunable '
+                          f'group as far as it goes ({limit}, ignore, keep_residual) removes {best:.1%} '
+                          f'{of} {metric}; ask for at most {math.floor(best * 1000) / 1000:g}')
+
+    def _search(self, backbone: nn.Module, x: torch.Tensor, ref_shapes, ref_out, reference):
+        """A copy of ``backbone`` pruned to the target: (work, trace, keeps, reached cut)."""
+        from ..export.profile import count_macs_params, measure_latencies
+        metric, goal = self.target
+        kind = type(backbone).__name__
+        ref = reference if reference is not None else backbone
+        tried = {}
+
+        def prune_at(theta):
+            work = copy.deepcopy(backbone)
+            trace = self._trace(work, x, ref_out)
+            keeps = self._set_theta(trace, theta)
+            self._remove(work, trace, keeps, x, ref_shapes, check_each=False)
+            return work, trace, keeps
+
+        if metric == 'latency':  # measured: every candidate pruned and timed against the reference
+            def cut(theta):
+                if theta not in tried:
+                    work, trace, keeps = prune_at(theta)
+                    t_ref, t = measure_latencies([ref, work], x, LATENCY_RUNS)
+                    tried[theta] = (work, trace, keeps, 1 - t / t_ref)
+                return tried[theta][3]
+            if cut(THETA_MAX) < goal - 0.01:
+                raise self._unreachable(kind, metric, goal, tried[THETA_MAX][3], reference)
+            theta, _ = solve(cut, goal, iters=6, tol=0.01)
+            return (*tried[theta], theta)
+
+        which = 0 if metric == 'macs' else 1
+        base = count_macs_params(ref, x)[which]
+        aim, best = goal, None
+        for attempt in range(3):  # estimate, prune, count; correct the aim when the estimate is off
+            work = copy.deepcopy(backbone)
+            trace = self._trace(work, x, ref_out)
+            costs = CostModel(work, x, trace)
+
+            def est(theta, trace=trace, costs=costs):
+                return 1 - costs.estimate(self._set_theta(trace, theta))[which] / base
+            if attempt == 0 and est(THETA_MAX) < goal - TARGET_TOL:
+                raise self._unreachable(kind, metric, goal, est(THETA_MAX), reference)
+            theta, _ = solve(est, aim)
+            keeps = self._set_theta(trace, theta)
+            self._remove(work, trace, keeps, x, ref_shapes, check_each=False)
+            real = 1 - count_macs_params(work, x)[which] / base
+            if best is None or abs(real - goal) < abs(best[3] - goal):
+                best = (work, trace, keeps, real, theta)
+            if abs(real - goal) <= TARGET_TOL or not 0 < aim + goal - real < 1:
+                break
+            aim += goal - real
+        return best
+
+    def prune(self, backbone: nn.Module, example_inputs: torch.Tensor,
+              reference: Optional[nn.Module] = None) -> dict:
         """Remove channels of ``backbone`` in place; returns its ChannelSpec (JSON-able dict).
 
         ``example_inputs``: a batch ``(N, C, H, W)`` the backbone accepts (values are unused,
-        only the traced graph matters). Output shapes are guaranteed unchanged.
+        only the traced graph matters; MACs and latency of a target are measured on it).
+        ``reference``: the module the ``target`` is a fraction of (progressive pruning: the
+        unpruned teacher backbone); default ``backbone`` itself. Output shapes are guaranteed
+        unchanged.
         """
         if not isinstance(example_inputs, torch.Tensor):
             raise ValueError(f'example_inputs: expected a torch.Tensor, got {type(example_inputs).__name__}')
@@ -184,9 +313,16 @@ class L1FilterPruner:
         ref_shapes = check_outputs(ref_out)
         before = snapshot_shapes(backbone)
         flags = {n: p.requires_grad for n, p in backbone.named_parameters()}
+        self._theta = self.sparsity
 
-        work = copy.deepcopy(backbone)
-        trace = self._prune_copy(work, example_inputs, ref_shapes, check_each=False, outputs=ref_out)
+        reached = None
+        if self.target:
+            work, trace, keeps, reached, self._theta = self._search(
+                backbone, example_inputs, ref_shapes, ref_out, reference)
+            self._set_theta(trace, self._theta)
+        else:
+            work = copy.deepcopy(backbone)
+            trace, keeps = self._prune_copy(work, example_inputs, ref_shapes, check_each=False, outputs=ref_out)
         try:
             shapes = check_outputs(run_backbone(work, example_inputs, 'backbone'))
             ok = shapes == ref_shapes
@@ -203,7 +339,15 @@ class L1FilterPruner:
         for n, p in backbone.named_parameters():
             p.requires_grad_(flags.get(n, True))
         self.report = dict(
-            groups=[dict(root=g.root_name, width=g.width, keep=self.group_keep(g),
-                         ratio=self.group_ratio(g)) for g in trace.prunable],
-            skipped=list(trace.skipped), seconds=time.perf_counter() - start)
+            groups=[dict(root=g.root_name, width=g.width, keep=k, ratio=self.group_ratio(g))
+                    for g, k in zip(trace.prunable, keeps)],
+            skipped=list(trace.skipped), seconds=time.perf_counter() - start, ranking=self.ranking)
+        if self.target:
+            metric, goal = self.target
+            self.report['target'] = dict(metric=metric, target=goal, reached=reached, sparsity=self._theta)
+            print_log(f'{type(self).__name__}: target {metric} -{goal:.1%} of '
+                      f'{"the reference" if reference is not None else type(backbone).__name__}: '
+                      f'reached -{reached:.1%} ({self.ranking} ranking, sparsity {self._theta:.3f}, '
+                      f'{sum(g.width - k for g, k in zip(trace.prunable, keeps))} channels removed '
+                      f'in {len(trace.prunable)} groups)', logger='current')
         return spec

@@ -1,6 +1,8 @@
 from .channel_spec_hook import ChannelSpecHook
 from .export_hook import ExportHook
+from .progressive_pruning_hook import ProgressivePruningHook
 from .strict_checkpoint_hook import StrictCheckpointHook
 from .synthetic_data_hook import SyntheticDataHook
 
-__all__ = ['ChannelSpecHook', 'ExportHook', 'StrictCheckpointHook', 'SyntheticDataHook']
+__all__ = ['ChannelSpecHook', 'ExportHook', 'ProgressivePruningHook', 'StrictCheckpointHook',
+           'SyntheticDataHook']
