@@ -207,3 +207,23 @@ def test_synthesize_tool_writes_pngs_that_read_back(tmp_path, teacher):
     assert (back - ds[2]['inputs']).abs().max() <= (0.5 / std).max() + 1e-5
     with pytest.raises(FileNotFoundError, match='^config: '):
         main([str(tmp_path / 'nope.py'), str(ckpt), '--num-images', '1', '--out', str(out)])
+
+
+def test_adi_weight_competes_with_the_student_it_is_given(tmp_path, teacher):
+    """``adi_weight > 0`` from a config works: prepare() takes the student (SyntheticDataHook
+    passes the pruned one), its weights key the cache, and without it the error names the field."""
+    import copy
+    adi = dict(SYNTH, adi_weight=1.0)
+    ds = make(tmp_path, num_images=2, synthesizer=adi)
+    with pytest.raises(ValueError, match=r'^dfbf\.synthesizer\.adi_weight: > 0 competes with the student'):
+        ds.prepare(teacher, 'classification', progress=False)
+    student = copy.deepcopy(teacher)
+    ds.prepare(teacher, 'classification', progress=False, student_model=student)
+    record = torch.load(ds.cache.path(0), weights_only=True)
+    assert record['stats']['student_passes'] == record['stats']['teacher_passes'] > 0
+    assert 0.0 <= record['stats']['adi'] <= 1.0
+    with torch.no_grad():
+        student.head.fc.bias.add_(1.0)  # another student: other images, another cache entry
+    other = make(tmp_path, num_images=2, synthesizer=adi)
+    other.prepare(teacher, 'classification', progress=False, student_model=student)
+    assert other.cache.dir != ds.cache.dir

@@ -96,8 +96,12 @@ class SyntheticImageDataset(Dataset):
         return self.num_images
 
     def prepare(self, teacher_model: nn.Module, task: str, rank: int = 0, world_size: int = 1,
-                progress: bool = True) -> Dict[str, int]:
+                progress: bool = True, student_model: Optional[nn.Module] = None) -> Dict[str, int]:
         """Synthesise this rank's missing batches into the cache.
+
+        ``student_model`` (the pruned student, which SyntheticDataHook passes) is what the
+        Adaptive-DeepInversion competition term (``adi_weight > 0``) competes with; its
+        weights are then part of the cache key.
 
         A rank owns whole chains: batch b belongs to chain ``b // chain_length``, which rank
         ``chain % world_size`` synthesises (with chain_length 1: b % world_size == rank).
@@ -112,6 +116,12 @@ class SyntheticImageDataset(Dataset):
             raise ValueError(f'rank: must satisfy 0 <= rank < world_size, got rank={rank!r}, '
                              f'world_size={world_size!r}')
         target = inversion_target(teacher_model, task, self.invert)
+        student = None
+        if getattr(self.synthesizer, 'settings', {}).get('adi_weight', 0) > 0:
+            if student_model is None:
+                raise ValueError('dfbf.synthesizer.adi_weight: > 0 competes with the student, '
+                                 'which prepare() was not given (student_model)')
+            student = inversion_target(student_model, task, self.invert)
         lo, hi = pixel_range(teacher_model)
         num_classes = self.num_classes or (num_classes_of(teacher_model) if task == 'classification' else None)
         config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
@@ -120,7 +130,8 @@ class SyntheticImageDataset(Dataset):
                         chain_length=self.chain_length,
                         num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()],
                         # absent unless set, so caches made before the option still hit
-                        **({} if self.invert == 'auto' else dict(invert=self.invert)))
+                        **({} if self.invert == 'auto' else dict(invert=self.invert)),
+                        **({} if student is None else dict(student=hash_state_dict(student_model.state_dict()))))
         self.cache = BatchCache(self.cache_dir, key)
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}
@@ -147,13 +158,14 @@ class SyntheticImageDataset(Dataset):
             if b % self.chain_length == 0:
                 images, stats = self.synthesizer.synthesize(
                     target, self.batch_size, self.image_size, (lo, hi), seed, labels=labels,
-                    progress=progress)
+                    progress=progress, student=student)
             else:
                 if previous is None or previous[0] != b - 1:  # resumed: b - 1 is in the cache
                     previous = (b - 1, self._batch(b - 1))
                 images, stats = warm.synthesize(
                     target, self.batch_size, self.image_size, (lo, hi), seed, labels=labels,
-                    progress=progress, init=self.synthesizer.warm_init(previous[1], seed))
+                    progress=progress, init=self.synthesizer.warm_init(previous[1], seed),
+                    student=student)
             self.cache.save(b, images, labels=labels, stats=stats)
             previous = (b, images.cpu())
         self._batches = {}

@@ -25,7 +25,7 @@ SETTINGS_DOC = {
     'tv_norm': "'l2' (reference) or 'l1' total variation",
     'l2_weight': 'lambda_l2',
     'ce_weight': 'lambda_CE (classifiers only; balanced target labels)',
-    'adi_weight': 'Adaptive-DeepInversion competition weight (needs a student)',
+    'adi_weight': 'Adaptive-DeepInversion competition weight (against the pruned student, which the runner passes)',
     'adi_temperature': 'softmax temperature of the competition term',
     'amp': 'autocast (bf16) where CUDA is present',
     'init_std': 'std of the N(0, std^2) starting noise in normalised space (reference: 1)',
