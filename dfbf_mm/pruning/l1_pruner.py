@@ -151,10 +151,10 @@ class L1FilterPruner:
         return kept_channels(group.width, self.group_ratio(group), self.min_channels, q)
 
     def filter_scores(self, group: ChannelGroup) -> torch.Tensor:
-        """Lp norm of each output filter of the group's root layer (vectorised); under global
-        ranking the normalised group norm the ranking used."""
-        if self.ranking == 'global' and getattr(group, 'scores', None) is not None:
-            return group.scores
+        """Lp norm of each output filter of the group's root layer (vectorised). Global ranking
+        decides with the group norm how many channels each group loses; which ones is decided
+        by this score under either ranking (the group norm can put every removed channel into
+        one input slice of a concat, emptying the layer behind it: CSPNeXt)."""
         w = group.root.weight.detach()
         return w.flatten(1).float().norm(p=self.norm, dim=1)
 
@@ -235,6 +235,17 @@ class L1FilterPruner:
         self._remove(work, trace, keeps, example_inputs, ref_shapes, check_each)
         return trace, keeps
 
+    def _check_copy(self, backbone, work, example_inputs, ref_shapes) -> None:
+        """One line unless the pruned copy ``work`` runs with the output shapes of ``backbone``."""
+        try:
+            shapes = check_outputs(run_backbone(work, example_inputs, 'backbone'))
+            ok = shapes == ref_shapes
+        except ValueError:
+            ok = False
+        if not ok:  # find the group that broke it, on a fresh copy, for a useful message
+            self._prune_copy(copy.deepcopy(backbone), example_inputs, ref_shapes, check_each=True)
+            raise ValueError(f'backbone: pruning {type(backbone).__name__} changed its outputs')
+
     def _unreachable(self, kind: str, metric: str, goal: float, best: float, reference) -> ValueError:
         limit = f'max_ratio={self.max_ratio:g}' if self.ranking == 'global' else f'min_channels={self.min_channels}'
         of = 'of the reference' if reference is not None else 'of its'
@@ -261,6 +272,7 @@ class L1FilterPruner:
             def cut(theta):
                 if theta not in tried:
                     work, trace, keeps = prune_at(theta)
+                    self._check_copy(backbone, work, x, ref_shapes)
                     t_ref, t = measure_latencies([ref, work], x, LATENCY_RUNS)
                     tried[theta] = (work, trace, keeps, 1 - t / t_ref)
                 return tried[theta][3]
@@ -284,6 +296,7 @@ class L1FilterPruner:
             theta, _ = solve(est, aim)
             keeps = self._set_theta(trace, theta)
             self._remove(work, trace, keeps, x, ref_shapes, check_each=False)
+            self._check_copy(backbone, work, x, ref_shapes)
             real = 1 - count_macs_params(work, x)[which] / base
             if best is None or abs(real - goal) < abs(best[3] - goal):
                 best = (work, trace, keeps, real, theta)
@@ -323,14 +336,7 @@ class L1FilterPruner:
         else:
             work = copy.deepcopy(backbone)
             trace, keeps = self._prune_copy(work, example_inputs, ref_shapes, check_each=False, outputs=ref_out)
-        try:
-            shapes = check_outputs(run_backbone(work, example_inputs, 'backbone'))
-            ok = shapes == ref_shapes
-        except ValueError:
-            ok = False
-        if not ok:  # find the group that broke it, on a fresh copy, for a useful message
-            self._prune_copy(copy.deepcopy(backbone), example_inputs, ref_shapes, check_each=True)
-            raise ValueError(f'backbone: pruning {type(backbone).__name__} changed its outputs')
+        self._check_copy(backbone, work, example_inputs, ref_shapes)
 
         spec = extract_channel_spec(work, before)
         spec['backbone'] = type(backbone).__name__

@@ -54,7 +54,8 @@ def main(argv=None):
                 s = min(1.0, args.max_side / max(h, w))
                 h, w = max(32, int(h * s) // 32 * 32), max(32, int(w * s) // 32 * 32)
                 torch.manual_seed(0)
-                backbone = MODELS.build(cfg.model.backbone.to_dict()).eval()
+                backbone = MODELS.build(cfg.model.backbone.to_dict())
+                backbone.eval()  # some backbones' train() returns None: not chained
                 x = torch.randn(1, 3, h, w)
                 before = count_macs_params(backbone, x)[0]
                 start = time.perf_counter()
