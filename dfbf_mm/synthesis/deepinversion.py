@@ -21,7 +21,7 @@ from ..registry import SYNTHESIZERS
 from ..utils import eval_mode
 from .bn_statistics import BNStatisticsLoss
 from .inversion_target import check_image_size
-from .presets import NEUTRAL_SETTINGS, get_preset
+from .presets import NEUTRAL_SETTINGS, get_preset, with_overrides
 from .priors import TV_NORMS, l2_prior, total_variation
 
 
@@ -83,12 +83,7 @@ class DeepInversionSynthesizer:
     """
 
     def __init__(self, preset: str = 'classification', **overrides):
-        settings = get_preset(preset)
-        for key in overrides:
-            if key not in settings:
-                raise ValueError(f'{key}: not a DeepInversion setting; known settings: '
-                                 f'{", ".join(sorted(settings))}')
-        settings.update(overrides)
+        settings = with_overrides(get_preset(preset), overrides, 'DeepInversion')
         self._validate(settings)
         self.preset = preset
         self.settings = settings

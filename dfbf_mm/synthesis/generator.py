@@ -40,7 +40,7 @@ from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss, batch_statistics
 from .deepinversion import check_batch_shape, frozen_eval
 from .inversion_target import check_image_size
-from .presets import GENERATOR_SETTINGS_DOC, get_generator_preset
+from .presets import GENERATOR_SETTINGS_DOC, get_generator_preset, with_overrides
 from .priors import l2_prior, total_variation
 
 
@@ -256,12 +256,7 @@ class GeneratorSynthesizer:
     """
 
     def __init__(self, preset: str = 'classification', **overrides):
-        settings = get_generator_preset(preset)
-        for key in overrides:
-            if key not in settings:
-                raise ValueError(f'{key}: not a GeneratorSynthesizer setting; known settings: '
-                                 f'{", ".join(sorted(settings))}')
-        settings.update(overrides)
+        settings = with_overrides(get_generator_preset(preset), overrides, 'GeneratorSynthesizer')
         self._validate(settings)
         self.preset = preset
         self.settings = settings

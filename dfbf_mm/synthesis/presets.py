@@ -138,3 +138,14 @@ def get_generator_preset(name: str) -> dict:
         raise ValueError(f'preset: {name!r} is not a generator preset; choose one of '
                          f'{", ".join(sorted(GENERATOR_PRESETS))}')
     return copy.deepcopy(GENERATOR_PRESETS[name])
+
+
+
+def with_overrides(settings: dict, overrides: dict, kind: str) -> dict:
+    """``settings`` (a preset's copy) with ``overrides`` applied; a key that is no setting of
+    ``kind`` (the synthesizer) is a one-line error listing the settings."""
+    for key in overrides:
+        if key not in settings:
+            raise ValueError(f'{key}: not a {kind} setting; known settings: {", ".join(sorted(settings))}')
+    settings.update(overrides)
+    return settings
