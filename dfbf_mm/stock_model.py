@@ -149,6 +149,11 @@ def normalization(model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor, b
     return mean.detach().float().cpu().view(-1, 1, 1), std.detach().float().cpu().view(-1, 1, 1), bgr_to_rgb
 
 
+def input_channels(model: torch.nn.Module) -> int:
+    """Channels of the model's input: its data preprocessor's (3 without one; 1 for MNIST's LeNet)."""
+    return int(normalization(model)[0].shape[0])
+
+
 def pixel_range(model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """Valid range of a normalised input, per channel (C,1,1): pixels 0 and 255 mapped."""
     mean, std, _ = normalization(model)

@@ -42,7 +42,7 @@ from dfbf_mm.export.profile import count_macs_params  # noqa: E402
 from dfbf_mm.pruning import L1FilterPruner, flatten_outputs, reparameterize  # noqa: E402
 from dfbf_mm.distillation.feature_taps import NORM_TYPES  # noqa: E402
 from dfbf_mm.registry import MODELS, PRUNERS  # noqa: E402
-from dfbf_mm.stock_model import enter_scope  # noqa: E402
+from dfbf_mm.stock_model import enter_scope, input_channels  # noqa: E402
 
 SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
 README_HEADING = '## Which backbones prune'
@@ -190,7 +190,7 @@ def input_size(cfg, scope: str):
             pipeline = (cfg.get('test_dataloader') or {}).get('dataset', {}).get('pipeline', []) or []
             for t in pipeline:
                 size = t.get('crop_size') or size
-                if t.get('type') == 'ResizeEdge' and size is None:
+                if t.get('type') in ('ResizeEdge', 'Resize') and size is None:
                     size = t.get('scale')
         size = size or 224
         return (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size[::-1][:2])
@@ -201,18 +201,18 @@ def input_size(cfg, scope: str):
     return 256, 256
 
 
-def _batch(scope: str, size, n: int = 1, num_classes: int = 80):
+def _batch(scope: str, size, n: int = 1, num_classes: int = 80, channels: int = 3):
     """A stock-format batch of random images (with data samples where the model needs them)."""
     h, w = size
     if scope == 'mmdet':
         from mmdet.testing import demo_mm_inputs
-        return demo_mm_inputs(n, image_shapes=(3, h, w), num_items=[2] * n, num_classes=num_classes)
+        return demo_mm_inputs(n, image_shapes=(channels, h, w), num_items=[2] * n, num_classes=num_classes)
     if scope == 'mmpose':
         from mmpose.structures import PoseDataSample
         samples = [PoseDataSample(metainfo=dict(img_shape=(h, w), input_size=(w, h))) for _ in range(n)]
-        return dict(inputs=[torch.randint(0, 255, (3, h, w), dtype=torch.uint8) for _ in range(n)],
+        return dict(inputs=[torch.randint(0, 255, (channels, h, w), dtype=torch.uint8) for _ in range(n)],
                     data_samples=samples)
-    return dict(inputs=[torch.randint(0, 255, (3, h, w), dtype=torch.uint8) for _ in range(n)])
+    return dict(inputs=[torch.randint(0, 255, (channels, h, w), dtype=torch.uint8) for _ in range(n)])
 
 
 def _tensor_forward(model: nn.Module, scope: str, size, features: bool = False):
@@ -220,7 +220,7 @@ def _tensor_forward(model: nn.Module, scope: str, size, features: bool = False):
     ``extract_feat``, backbone + neck, for models whose tensor mode needs trained weights)."""
     model.eval()
     with torch.no_grad():
-        data = model.data_preprocessor(_batch(scope, size), False)
+        data = model.data_preprocessor(_batch(scope, size, channels=input_channels(model)), False)
         out = model.extract_feat(data['inputs']) if features else \
             model(data['inputs'], data.get('data_samples'), mode='tensor')
     return [tuple(t.shape) for t in flatten_outputs(out)]
@@ -289,7 +289,8 @@ def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_
             # the default distillation taps are norm layers; a fused backbone has none: distil its outputs
             has_norm = any(isinstance(m, NORM_TYPES) for m in teacher.backbone.modules())
             row['kind'] = backbone_kind(teacher.backbone)
-            x = torch.randn(1, 3, *size)
+            channels = input_channels(teacher)
+            x = torch.randn(1, channels, *size)
             teacher.backbone.eval()
             macs0, params0 = _macs_params(teacher.backbone, x)
             _stage(row, 'stock forward')
@@ -333,7 +334,7 @@ def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_
             _stage(row, 'distill step')
             distiller.train()
             optim = build_optim_wrapper(distiller, dict(optimizer=dict(type='SGD', lr=1e-4)))
-            distiller.train_step(dict(inputs=[torch.randn(3, *size) for _ in range(2)]), optim)
+            distiller.train_step(dict(inputs=[torch.randn(channels, *size) for _ in range(2)]), optim)
             _stage(row, 'export')
             distiller.before_export()
             paths = export_pruned_model(distiller.student, cfg, distiller.channel_spec, osp.join(tmp, 'out'))

@@ -54,7 +54,7 @@ from dfbf_mm.export import export_pruned_model, profile_backbones
 from dfbf_mm.pruning import reparameterize
 from dfbf_mm.registry import PRUNERS
 from dfbf_mm.schema import DFBF, build_checked
-from dfbf_mm.stock_model import build_stock_model, get_backbone, load_weights
+from dfbf_mm.stock_model import build_stock_model, get_backbone, input_channels, load_weights
 
 MAX_SIDE = 640
 
@@ -194,7 +194,8 @@ def main(argv=None):
     if h < 1 or w < 1:
         raise ValueError(f'input_size: {h}x{w} is not positive')
     device = next(backbone.parameters()).device
-    x = torch.randn(1, 3, h, w, device=device)
+    channels = input_channels(model)
+    x = torch.randn(1, channels, h, w, device=device)
 
     t = time.perf_counter()
     spec = pruner.prune(backbone, x)
@@ -234,7 +235,7 @@ def main(argv=None):
             paths['groups_plot'] = png
     for k, v in paths.items():
         print(f'{k}: {v}')
-    _, table = profile_backbones(teacher, backbone, (h, w), batch_sizes=args.batch_sizes,
+    _, table = profile_backbones(teacher, backbone, (h, w), batch_sizes=args.batch_sizes, in_channels=channels,
                                  runs=args.latency_runs, compile_options={} if args.compile else None,
                                  onnx=args.onnx)
     print(table)

@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..pruning import build_student
 from ..registry import MODELS
 from ..schema import DISTILL, OVERPARAM, SP_LOSS, loss_config
-from ..stock_model import build_teacher
+from ..stock_model import build_teacher, input_channels
 from ..utils import output_tensors
 from .feature_taps import FeatureRecorder, select_taps
 from .lop import expand_model, merge_model, merged_copy
@@ -67,7 +67,7 @@ class DataFreeDistiller(BaseModel):
         distill, overparam, sp_loss = DISTILL.read(distill), OVERPARAM.read(overparam), SP_LOSS.read(sp_loss)
         self.bn_policy = distill['bn']
         self.teacher = build_teacher(model, teacher_checkpoint)
-        example = torch.zeros(1, 3, *input_size)
+        example = torch.zeros(1, input_channels(self.teacher), *input_size)
         self.student, self.channel_spec = build_student(self.teacher, example, pruner, channel_spec)
 
         self.teacher.requires_grad_(False)

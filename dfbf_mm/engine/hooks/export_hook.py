@@ -13,6 +13,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from ...registry import HOOKS
+from ...stock_model import input_channels
 
 
 @HOOKS.register_module()
@@ -48,12 +49,13 @@ class ExportHook(Hook):
         runner.message_hub.update_info('dfbf_export', paths)
         runner.logger.info(f'exported the pruned model: {paths}')
         size = runner.cfg.model['input_size']
+        channels = input_channels(model.teacher)
         if self.onnx:
             import torch
             from ...export.onnx import export_checked
             try:
                 path, what, diff, why = export_checked(model.student, model.student.backbone,
-                                                       torch.randn(1, 3, *size), out_dir, self.name)
+                                                       torch.randn(1, channels, *size), out_dir, self.name)
             except Exception as e:  # noqa: BLE001 -- the stock export above stands; say why in one line
                 runner.logger.warning(f'ONNX export failed: {type(e).__name__}: {str(e).strip()[:300]}')
             else:
@@ -61,7 +63,8 @@ class ExportHook(Hook):
                 runner.logger.info(f'ONNX ({what}): {path}, max abs diff to PyTorch {diff:.2e}'
                                    + (f' (the whole model did not export: {why})' if why else ''))
         if self.profile:
-            rows, table = profile_backbones(model.teacher.backbone, model.student.backbone, size, onnx=self.onnx)
+            rows, table = profile_backbones(model.teacher.backbone, model.student.backbone, size, onnx=self.onnx,
+                                            in_channels=channels)
             runner.message_hub.update_info('dfbf_profile', rows)
             runner.logger.info('teacher vs student backbone\n' + table)
             with open(osp.join(out_dir, 'profile.md'), 'w') as f:

@@ -23,6 +23,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from ...registry import HOOKS, PRUNERS
+from ...stock_model import input_channels
 
 
 def step_epochs(steps: int, epochs: Optional[Sequence[int]], total: int) -> List[int]:
@@ -84,7 +85,7 @@ class ProgressivePruningHook(Hook):
         k = self.begins.index(runner.epoch)
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         device = next(model.student.backbone.parameters()).device
-        example = torch.zeros(1, 3, *self.input_size, device=device)
+        example = torch.zeros(1, input_channels(model.teacher), *self.input_size, device=device)
         cfg = dict(self.pruner, target={self.metric: self.targets[k]})
         pruner = build_checked(PRUNERS, cfg, 'dfbf.pruner')
         names = {id(p): n for n, p in model.named_parameters()}
