@@ -1,12 +1,10 @@
 """The backbone sweep: config matching, one stock model through the whole path, the tables."""
 import json
 import os.path as osp
-import sys
 
 import pytest
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-import backbone_sweep  # noqa: E402
+from tools import backbone_sweep
 
 
 def test_registered_backbones_and_config_matching():

@@ -37,12 +37,11 @@ import warnings
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from dfbf_mm.export.profile import count_macs_params  # noqa: E402
-from dfbf_mm.pruning import L1FilterPruner, flatten_outputs, reparameterize  # noqa: E402
-from dfbf_mm.distillation.feature_taps import NORM_TYPES  # noqa: E402
-from dfbf_mm.registry import MODELS, PRUNERS  # noqa: E402
-from dfbf_mm.stock_model import enter_scope, input_channels  # noqa: E402
+from dfbf_mm.export.profile import count_macs_params
+from dfbf_mm.pruning import L1FilterPruner, flatten_outputs, reparameterize
+from dfbf_mm.distillation.feature_taps import NORM_TYPES
+from dfbf_mm.registry import MODELS, PRUNERS
+from dfbf_mm.stock_model import enter_scope, input_channels
 
 SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
 README_HEADING = '## Which backbones prune'

@@ -8,19 +8,17 @@ CONFIG is a dfbf config: a stock mmdet/mmpose/mmpretrain config plus a ``dfbf`` 
 cached (default cache: DIR/cache), so a rerun or a killed run resumes.
 """
 import os.path as osp
-import sys
 
 import torch
 from mmengine.config import Config
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from dfbf_mm.cli import ArgumentParser, add_cfg_options, merge_cfg_options, run_cli  # noqa: E402
-from dfbf_mm.registry import SYNTHESIZERS  # noqa: E402
-from dfbf_mm.schema import DFBF, SYNTHETIC_DATA, build_checked  # noqa: E402
-from dfbf_mm.stock_model import (TASK_OF_SCOPE, build_stock_model, config_scope,  # noqa: E402
+from dfbf_mm.cli import ArgumentParser, add_cfg_options, merge_cfg_options, run_cli
+from dfbf_mm.registry import SYNTHESIZERS
+from dfbf_mm.schema import DFBF, SYNTHETIC_DATA, build_checked
+from dfbf_mm.stock_model import (TASK_OF_SCOPE, build_stock_model, config_scope,
                                  load_weights, normalization)
-from dfbf_mm.synthesis import SyntheticImageDataset, save_grid, save_pngs, to_uint8  # noqa: E402
+from dfbf_mm.synthesis import SyntheticImageDataset, save_grid, save_pngs, to_uint8
 
 
 def parse_args(argv=None):
