@@ -27,7 +27,8 @@ from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_sha
 from .group_search import TraceTimeLimitError, pruning_group
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)
-from .target import RANKINGS, THETA_MAX, CostModel, check_target, global_ratios, group_scores, solve
+from .target import (RANKINGS, THETA_MAX, CostModel, bracket, check_target, global_ratios, group_scores,
+                     solve)
 
 LATENCY_RUNS = 5      # timed forwards per latency measurement of a candidate
 TARGET_TOL = 0.005    # a MACs / params estimate off the real count by more is corrected
@@ -35,6 +36,18 @@ TARGET_TOL = 0.005    # a MACs / params estimate off the real count by more is c
 
 def _one_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {first_line(e, 160)}' 
+
+
+# groups whose channel removal breaks the forward that a prune() keeps whole before it gives up
+MAX_BROKEN_GROUPS = 8
+
+
+class GroupBreaksError(ValueError):
+    """Removing the channels of the group rooted at ``root`` breaks the backbone's forward."""
+
+    def __init__(self, message: str, root: str, reason: str):
+        super().__init__(message)
+        self.root, self.reason = root, reason
 
 
 @PRUNERS.register_module()
@@ -108,6 +121,7 @@ class L1FilterPruner:
             raise ValueError(f'max_ratio: {max_ratio!r} is not a fraction in (0, 1]')
         self.max_ratio = float(max_ratio)
         self.report: dict = {}  # what the last prune() did (groups, skipped, seconds, target)
+        self._broken: list = []  # groups kept whole because pruning them broke the forward
         self._theta = self.sparsity  # the ratio in use: sparsity, or the one a target search found
 
 
@@ -126,13 +140,29 @@ class L1FilterPruner:
             return ratio
         if self.ranking == 'global':
             return getattr(group, 'global_ratio', 0.0)
+        theta = getattr(group, 'theta', None)
+        theta = self._theta if theta is None else theta
         if self.layer_dependent:
-            return layer_dependent_ratio(self._theta, group.width)
-        return self._theta
+            return layer_dependent_ratio(theta, group.width)
+        return theta
 
-    def _set_theta(self, trace, theta: float) -> List[int]:
-        """Use ratio ``theta`` (see :mod:`.target`); returns the kept count of every group."""
+    def _set_theta(self, trace, theta: float, step_up=None) -> List[int]:
+        """Use ratio ``theta`` (see :mod:`.target`); returns the kept count of every group.
+        ``step_up=(theta_hi, j)``: the last ``j`` groups (deepest first) whose kept count differs
+        at ``theta_hi`` use that ratio (a target between two steps of the uniform staircase:
+        grouped convs move their widths in steps of their group count)."""
         self._theta = theta
+        for g in trace.prunable:
+            g.theta = None
+        if step_up is not None and self.ranking != 'global':
+            hi, j = step_up
+            at_lo = [self.group_keep(g) for g in trace.prunable]
+            self._theta = hi
+            differ = [g for g, k in zip(trace.prunable, at_lo) if self.override_ratio(g) is None
+                      and self.group_keep(g) != k]
+            self._theta = theta
+            for g in differ[::-1][:j]:
+                g.theta = hi
         if self.ranking == 'global':
             free = [g for g in trace.prunable if self.override_ratio(g) is None]
             for g in free:  # scored once per trace, before any channel is removed
@@ -192,6 +222,7 @@ class L1FilterPruner:
                 if not hit:
                     raise ValueError(f"ignore: pattern '{p}' matches no module of {type(work).__name__}")
                 ignore_names += hit
+        ignore_names += [n for n, _ in self._broken]  # groups found to break the forward
         trace = trace_channel_groups(work, example_inputs, ignore_names, outputs, self.keep_residual,
                                      self.trace_time_limit)
         self._check_patterns(work, trace)
@@ -222,10 +253,11 @@ class L1FilterPruner:
             except Exception as e:
                 types = sorted({type(dep.target.module).__name__ for dep, _ in group.group
                                 if isinstance(dep.target.module, nn.Module)})
-                raise ValueError(
+                raise GroupBreaksError(
                     f'backbone: {kind} cannot be pruned: removing channels of the group rooted at '
                     f'{group.root_name} (coupling {", ".join(types)}) breaks it ({_one_line(e)}); '
-                    f'exclude it with ignore=[{group.root_name!r}]') from None
+                    f'exclude it with ignore=[{group.root_name!r}]', group.root_name,
+                    f'breaks the forward when pruned (coupling {", ".join(types)}: {_one_line(e)})') from None
 
     def _prune_copy(self, work: nn.Module, example_inputs: torch.Tensor, ref_shapes,
                     check_each: bool, outputs=None):
@@ -279,7 +311,7 @@ class L1FilterPruner:
             if cut(THETA_MAX) < goal - 0.01:
                 raise self._unreachable(kind, metric, goal, tried[THETA_MAX][3], reference)
             theta, _ = solve(cut, goal, iters=6, tol=0.01)
-            return (*tried[theta], theta)
+            return (*tried[theta], theta, None)
 
         which = 0 if metric == 'macs' else 1
         base = count_macs_params(ref, x)[which]
@@ -293,13 +325,19 @@ class L1FilterPruner:
                 return 1 - costs.estimate(self._set_theta(trace, theta))[which] / base
             if attempt == 0 and est(THETA_MAX) < goal - TARGET_TOL:
                 raise self._unreachable(kind, metric, goal, est(THETA_MAX), reference)
-            theta, _ = solve(est, aim)
-            keeps = self._set_theta(trace, theta)
+            lo, c_lo, hi, c_hi = bracket(est, aim)
+            theta, mix = (lo if aim - c_lo <= c_hi - aim else hi), None
+            if self.ranking != 'global' and c_lo < aim < c_hi:  # between two steps: mix them
+                def est_mix(j, trace=trace, costs=costs, lo=lo, hi=hi):
+                    return 1 - costs.estimate(self._set_theta(trace, lo, (hi, j)))[which] / base
+                j = min(range(len(trace.prunable) + 1), key=lambda j: abs(est_mix(j) - aim))
+                theta, mix = lo, (hi, j)
+            keeps = self._set_theta(trace, theta, mix)
             self._remove(work, trace, keeps, x, ref_shapes, check_each=False)
             self._check_copy(backbone, work, x, ref_shapes)
             real = 1 - count_macs_params(work, x)[which] / base
             if best is None or abs(real - goal) < abs(best[3] - goal):
-                best = (work, trace, keeps, real, theta)
+                best = (work, trace, keeps, real, theta, mix)
             if abs(real - goal) <= TARGET_TOL or not 0 < aim + goal - real < 1:
                 break
             aim += goal - real
@@ -329,14 +367,23 @@ class L1FilterPruner:
         self._theta = self.sparsity
 
         reached = None
-        if self.target:
-            work, trace, keeps, reached, self._theta = self._search(
-                backbone, example_inputs, ref_shapes, ref_out, reference)
-            self._set_theta(trace, self._theta)
-        else:
-            work = copy.deepcopy(backbone)
-            trace, keeps = self._prune_copy(work, example_inputs, ref_shapes, check_each=False, outputs=ref_out)
-        self._check_copy(backbone, work, example_inputs, ref_shapes)
+        self._broken = []  # (root, reason) of groups whose removal broke the forward: kept whole
+        while True:
+            try:
+                if self.target:
+                    work, trace, keeps, reached, theta, mix = self._search(
+                        backbone, example_inputs, ref_shapes, ref_out, reference)
+                    self._set_theta(trace, theta, mix)
+                else:
+                    work = copy.deepcopy(backbone)
+                    trace, keeps = self._prune_copy(work, example_inputs, ref_shapes, check_each=False,
+                                                    outputs=ref_out)
+                self._check_copy(backbone, work, example_inputs, ref_shapes)
+                break
+            except GroupBreaksError as e:  # e.g. DetectoRS's weight-standardised conv1: keep it
+                if len(self._broken) >= MAX_BROKEN_GROUPS or any(n == e.root for n, _ in self._broken):
+                    raise
+                self._broken.append((e.root, e.reason))
 
         spec = extract_channel_spec(work, before)
         spec['backbone'] = type(backbone).__name__
@@ -347,7 +394,8 @@ class L1FilterPruner:
         self.report = dict(
             groups=[dict(root=g.root_name, width=g.width, keep=k, ratio=self.group_ratio(g))
                     for g, k in zip(trace.prunable, keeps)],
-            skipped=list(trace.skipped), seconds=time.perf_counter() - start, ranking=self.ranking)
+            skipped=list(trace.skipped) + list(self._broken), seconds=time.perf_counter() - start,
+            ranking=self.ranking)
         if self.target:
             metric, goal = self.target
             self.report['target'] = dict(metric=metric, target=goal, reached=reached, sparsity=self._theta)

@@ -208,22 +208,29 @@ def global_ratios(scores: Sequence[torch.Tensor], divisors: Sequence[int], theta
     return [r / s.numel() for r, s in zip(removed, scores)]
 
 
-def solve(cut: Callable[[float], float], target: float, lo: float = 0.0, hi: float = THETA_MAX,
-          iters: int = 24, tol: float = 1e-3) -> Tuple[float, float]:
-    """``(theta, cut(theta))`` for a non-decreasing ``cut``, the theta whose cut is closest to
-    ``target`` (bisection; the function is a staircase, so both sides of the step are tried)."""
+def bracket(cut: Callable[[float], float], target: float, lo: float = 0.0, hi: float = THETA_MAX,
+            iters: int = 24, tol: float = 1e-3) -> Tuple[float, float, float, float]:
+    """``(lo, cut(lo), hi, cut(hi))`` around ``target`` for a non-decreasing ``cut`` (bisection,
+    stopped early at a theta within ``tol``: then lo == hi); the ends when it lies outside."""
     c_lo, c_hi = cut(lo), cut(hi)
     if c_lo >= target:
-        return lo, c_lo
+        return lo, c_lo, lo, c_lo
     if c_hi <= target:
-        return hi, c_hi
+        return hi, c_hi, hi, c_hi
     for _ in range(iters):
         mid = (lo + hi) / 2
         c = cut(mid)
         if abs(c - target) <= tol:
-            return mid, c
+            return mid, c, mid, c
         if c < target:
             lo, c_lo = mid, c
         else:
             hi, c_hi = mid, c
+    return lo, c_lo, hi, c_hi
+
+
+def solve(cut: Callable[[float], float], target: float, **kwargs) -> Tuple[float, float]:
+    """``(theta, cut(theta))``, the theta whose cut is closest to ``target`` (see :func:`bracket`;
+    the function is a staircase, so both sides of the step are tried)."""
+    lo, c_lo, hi, c_hi = bracket(cut, target, **kwargs)
     return (lo, c_lo) if target - c_lo <= c_hi - target else (hi, c_hi)
