@@ -199,3 +199,31 @@ def test_spec_that_does_not_fit_is_refused():
         apply_channel_spec(build('mmpretrain', dict(type='ResNet_CIFAR', depth=18)), bad)
     with pytest.raises(ValueError, match=r'^channel_spec: not a dfbf_mm.channel_spec/v1 dict'):
         apply_channel_spec(a, {'modules': {}})
+
+
+def test_a_group_that_breaks_the_forward_is_kept_whole():
+    """A channel count the graph does not show (a buffer multiplied in, as DetectoRS's
+    weight-standardised conv1 or a hard-coded width) breaks the forward once pruned: that group
+    is kept whole, with its reason in the report, and the others are pruned."""
+    from dfbf_mm.pruning import L1FilterPruner
+
+    class Fragile(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.c = nn.Conv2d(8, 8, 3, padding=1)
+            self.d = nn.Conv2d(8, 16, 1)
+            self.register_buffer('scale', torch.ones(1, 8, 1, 1))  # Torch-Pruning cannot see it
+
+        def forward(self, x):
+            y = self.a(x).relu() * self.scale
+            return self.d(self.c(self.b(y).relu()).relu())
+
+    net = Fragile()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = L1FilterPruner(sparsity=0.5)
+    spec = pruner.prune(net, x)
+    assert net.a.out_channels == 8 and net.b.out_channels == 4 and net.c.out_channels == 4
+    assert net(x).shape == (1, 16, 8, 8) and 'a' not in spec['modules']
+    assert any(root == 'a' and 'breaks the forward' in why for root, why in pruner.report['skipped'])

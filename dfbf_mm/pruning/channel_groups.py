@@ -297,6 +297,10 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 reason = reason or 'is a residual stream (summed with another feature map)'
             elif isinstance(m, nn.MultiheadAttention):
                 reason = 'couples nn.MultiheadAttention'
+            elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) > 1:
+                # Torch-Pruning cuts the last normalised dim; a (C, 1, 1) norm (GCNet's context
+                # block, ViPNAS) is normalised over channels first
+                reason = f'couples a LayerNorm over {tuple(m.normalized_shape)}'
             elif m in names:
                 touched.append(names[m])
                 if graph.is_out_channel_pruning_fn(dep.handler):

@@ -368,6 +368,7 @@ class L1FilterPruner:
 
         reached = None
         self._broken = []  # (root, reason) of groups whose removal broke the forward: kept whole
+        first_break = None
         while True:
             try:
                 if self.target:
@@ -384,6 +385,11 @@ class L1FilterPruner:
                 if len(self._broken) >= MAX_BROKEN_GROUPS or any(n == e.root for n, _ in self._broken):
                     raise
                 self._broken.append((e.root, e.reason))
+                first_break = first_break or e
+            except ValueError as e:
+                if first_break is not None and 'has no prunable channel group' in str(e):
+                    raise first_break from None  # nothing is left once the breaking groups are kept
+                raise
 
         spec = extract_channel_spec(work, before)
         spec['backbone'] = type(backbone).__name__
