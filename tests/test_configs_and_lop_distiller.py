@@ -72,3 +72,21 @@ def test_lop_and_sp_in_the_distiller(tmp_path):
     distiller.before_export()
     keys = set(distiller.student.state_dict())
     assert keys == set(teacher.state_dict())
+
+
+def test_no_tap_left_distils_the_backbone_outputs(tmp_path, monkeypatch):
+    """A backbone whose every norm layer is pruned (CPM) or that has none (a fused RepVGG)
+    leaves no default tap: the backbone outputs are distilled instead."""
+    import dfbf_mm.distillation.distiller as distiller_module
+    cfg = Config.fromstring(STOCK, '.py')
+    teacher = build_stock_model(cfg)
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 't.pth')
+    args = dict(type='DataFreeDistiller', model=stock_model_cfg(cfg), teacher_checkpoint=str(tmp_path / 't.pth'),
+                pruner=dict(type='L1FilterPruner', sparsity=0.5), input_size=(32, 32))
+    tapped = MODELS.build(args)
+    assert tapped.taps and tapped.loss.out_weight == 0.0  # norm layers to tap: nothing changes
+    monkeypatch.setattr(distiller_module, 'select_taps', lambda *a, **k: [])
+    bare = MODELS.build(args)
+    assert bare.loss.out_weight == 1.0
+    losses = bare.train()(torch.randn(2, 3, 32, 32), mode='loss')
+    assert set(losses) == {'loss_out'} and losses['loss_out'] > 0

@@ -9,6 +9,7 @@ preprocessor, so the stock evaluators work unchanged.
 from typing import Optional, Sequence, Tuple
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -74,7 +75,13 @@ class DataFreeDistiller(BaseModel):
         self.student.requires_grad_(False)
         self.student.backbone.requires_grad_(True)  # only the student backbone trains
         self.taps = select_taps(self.teacher.backbone, self.student.backbone, example, distill['taps'])
-        self.loss = MODELS.build(loss_config(distill))
+        loss = loss_config(distill)
+        if not self.taps and loss.get('out_weight') is None:
+            # no norm layer kept its width (CPM, a fused RepVGG): distil the backbone outputs
+            loss['out_weight'] = 1.0
+            print_log('dfbf.distill: no unpruned-width norm layer to tap; distilling the backbone '
+                      'outputs (out_weight=1.0)', logger='current')
+        self.loss = MODELS.build(loss)
         pruned_layers = self._pruned_layers()
         self.expanded = []
         if overparam:
