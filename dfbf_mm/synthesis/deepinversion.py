@@ -63,6 +63,21 @@ def frozen_eval(*modules: Optional[nn.Module]):
     return eval_mode(*modules, frozen=True)
 
 
+def is_logits(out) -> bool:
+    return torch.is_tensor(out) and out.dim() == 2
+
+
+def class_term(out, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of a classifier's logits towards ``labels`` (default: balanced
+    ``arange(N) % K``); a target that returns no logits is a one-line error."""
+    if not is_logits(out):
+        raise ValueError(f'labels: a CE term needs a logits target, but it returns '
+                         f'{type(out).__name__}; use the whole classifier as target')
+    if labels is None:
+        labels = torch.arange(out.shape[0], device=out.device) % out.shape[1]
+    return F.cross_entropy(out.float(), labels)
+
+
 def check_batch_shape(batch_size, image_size) -> None:
     """One-line errors for a batch DeepInversion cannot optimise."""
     if not isinstance(batch_size, int) or batch_size < 2:
@@ -319,13 +334,8 @@ class DeepInversionSynthesizer:
         s = self.settings
         terms = dict(bn=bn_hooks.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
         loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
-        if s['ce_weight'] > 0 and (labels is not None or (torch.is_tensor(out) and out.dim() == 2)):
-            if not (torch.is_tensor(out) and out.dim() == 2):
-                raise ValueError(f'labels: a CE term needs a logits target, but it returns '
-                                 f'{type(out).__name__}; use the whole classifier as target')
-            if labels is None:
-                labels = torch.arange(out.shape[0], device=out.device) % out.shape[1]
-            terms['ce'] = F.cross_entropy(out.float(), labels)
+        if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
+            terms['ce'] = class_term(out, labels)
             loss = loss + s['ce_weight'] * terms['ce']
         if student_out is not None:
             terms['adi'] = js_competition(out, student_out, s['adi_temperature'])

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss, batch_statistics
-from .deepinversion import check_batch_shape, frozen_eval
+from .deepinversion import check_batch_shape, class_term, frozen_eval, is_logits
 from .inversion_target import check_image_size
 from .presets import GENERATOR_SETTINGS_DOC, get_generator_preset, with_overrides
 from .priors import l2_prior, total_variation
@@ -314,13 +314,8 @@ class GeneratorSynthesizer:
         if s['l2_weight']:
             terms['l2'] = l2_prior(xj)
             loss = loss + s['l2_weight'] * terms['l2']
-        if s['ce_weight'] > 0 and (labels is not None or (torch.is_tensor(out) and out.dim() == 2)):
-            if not (torch.is_tensor(out) and out.dim() == 2):
-                raise ValueError(f'labels: a CE term needs a logits target, but it returns '
-                                 f'{type(out).__name__}; use the whole classifier as target')
-            if labels is None:
-                labels = torch.arange(out.shape[0], device=out.device) % out.shape[1]
-            terms['ce'] = F.cross_entropy(out.float(), labels)
+        if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
+            terms['ce'] = class_term(out, labels)
             loss = loss + s['ce_weight'] * terms['ce']
         terms['loss'] = loss
         return terms
