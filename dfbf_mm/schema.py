@@ -161,6 +161,12 @@ def optional_str(v):
     return v
 
 
+def file_stem(v):
+    if not isinstance(v, str) or not v or '/' in v or '\\' in v:
+        raise Invalid(f'must be a non-empty name without a path separator, got {v!r}')
+    return v
+
+
 def registered(registry, required: bool = True):
     """A config dict whose ``type`` is registered in ``registry`` (built later)."""
     def parse(v):
@@ -262,9 +268,9 @@ SP_LOSS = Block('dfbf.sp_loss', 'similarity-preserving KD added to the loss (off
 ], optional=True)
 
 EXPORT = Block('dfbf.export', 'what is written to <work_dir>/export after training', [
-    Option('out_dir', 'export', 'folder under the work dir', optional_str),
+    Option('out_dir', 'export', 'folder under the work dir', file_stem),
     Option('name', 'pruned', 'file stem of the deploy config, checkpoint and channel spec',
-           optional_str),
+           file_stem),
     Option('profile', True, 'params / FLOPs / CPU latency table of teacher vs student', boolean),
     Option('onnx', False, 'also export to ONNX and check it in onnxruntime', boolean),
 ])

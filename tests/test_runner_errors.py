@@ -93,6 +93,7 @@ def test_model_without_backbone(tmp_path, teacher_ckpt):
     (dict(distill=dict(weights=2, loss=dict(type='FeatureMimicLoss', weights=1))), r"dfbf\.distill\.weights: given twice"),
     (dict(sp_loss=dict(weight=-1)), r"dfbf\.sp_loss\.weight: must be a number >= 0, got -1"),
     (dict(schedule=dict(epochs=0)), r"dfbf\.schedule\.epochs: must be an integer >= 1, got 0"),
+    (dict(export=dict(name='a/b')), r"dfbf\.export\.name: must be a non-empty name without a path separator, got 'a/b'"),
     (dict(synthetic_data=dict(image_size=(0, 32))), r"dfbf\.synthetic_data\.image_size: must be \(H, W\) positive"),
     (dict(synthetic_data=dict(invert='neck')), r"dfbf\.synthetic_data\.invert: 'neck' is not one of auto, backbone, model"),
     (dict(teacher_checkpoint=None), r'dfbf\.teacher_checkpoint: required'),
