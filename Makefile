@@ -3,13 +3,13 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test clean
 
 setup:
 	@bash tools/setup_env.sh
 
 demo: setup
-	$(PY) tools/demo.py --work-dir work_dirs/demo
+	$(PY) -m tools.demo --work-dir work_dirs/demo
 
 test: setup
 	$(PY) -m pytest -q tests

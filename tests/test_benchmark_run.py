@@ -4,13 +4,11 @@ No model is built or trained here: ``run_all`` takes the measuring functions as 
 """
 import json
 import os.path as osp
-import sys
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
-import run as bench  # noqa: E402
+from tools.benchmarks import run as bench
+
 
 
 def fake_run(calls, fail=()):

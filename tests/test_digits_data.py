@@ -8,20 +8,16 @@ file scores AP 1.0 against itself).
 import filecmp
 import json
 import os.path as osp
-import sys
 
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 
+import dfbf_mm  # noqa: F401
+from tools.benchmarks import make_digits, train_teacher
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
-
-import make_digits  # noqa: E402
-import train_teacher  # noqa: E402
-
-import dfbf_mm  # noqa: E402,F401
 
 SMALL = dict(det_images=(6, 3), pose_images=(6, 3))
 

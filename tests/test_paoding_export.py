@@ -229,9 +229,7 @@ def test_paoding_is_a_dfbf_pruner(tmp_path):
 
 def test_benchmark_l1_and_paoding_prune_the_same_inner_layers(tmp_path):
     """tools/benchmarks/paoding_cnn.py compares methods at matching ratios: same layers, widths."""
-    import sys
-    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'benchmarks'))
-    from paoding_cnn import pruner_cfg
+    from tools.benchmarks.paoding_cnn import pruner_cfg
     _, model = stock(RESNET, tmp_path)
     shapes = {}
     for method in ('stochastic', 'l1'):

@@ -1,6 +1,5 @@
 """Pruning to a target (MACs / params), global ranking, the per-group table, progressive steps."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -117,8 +116,7 @@ def test_groups_table_and_plot(tmp_path):
 
 
 def test_prune_tool_target_flag_and_files(tmp_path):
-    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-    import prune
+    from tools import prune
     args = prune.parse_args(['c.py', 'w.pth', '--target-macs', '0.5', '--pruner-cfg', 'ranking=global',
                              '--out', str(tmp_path)])
     from mmengine.config import Config

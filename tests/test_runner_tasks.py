@@ -13,11 +13,9 @@ import torch
 import dfbf_mm  # noqa: F401
 from dfbf_mm.engine import DataFreeDistillRunner
 from dfbf_mm.stock_model import build_stock_model
+from tools.benchmarks import make_digits, train_teacher
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
-import make_digits  # noqa: E402
-import train_teacher  # noqa: E402
 
 TASKS = {
     # task: (package, metric key, synthesis preset, image size, sparsity); detection at the

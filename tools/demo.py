@@ -1,6 +1,6 @@
 """The main job on the embedded default: data-free pruning of the digits classifier, offline.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--sparsity 0.6]
+    python -m tools.demo [--work-dir work_dirs/demo] [--sparsity 0.6]
 
 1. generates the digits data (scikit-learn's 1,797 real scans; seconds) if missing;
 2. evaluates the committed teacher (checkpoints/digits_cls_teacher.pth) on the test split;
@@ -11,10 +11,11 @@
    teacher / pruned / recovered top-1, the FLOPs cut and the measured CPU speed-up.
 A report with the numbers and the synthetic-image grid is written to the work dir.
 """
+if not __package__:  # it imports its sibling modules through the package
+    raise SystemExit('run it from the repository root as: python -m tools.demo ARGS')
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 
 from mmengine.config import Config
@@ -23,11 +24,10 @@ from mmengine.runner import Runner
 import dfbf_mm  # noqa: F401
 from dfbf_mm.cli import run_cli
 from dfbf_mm.engine import DataFreeDistillRunner
+from tools.benchmarks import make_digits
+from tools.benchmarks.train_teacher import set_data_root
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools', 'benchmarks'))
-import make_digits  # noqa: E402
-from train_teacher import set_data_root  # noqa: E402
 
 CONFIG = osp.join(REPO, 'configs', 'benchmarks', 'dfbf_digits_cls.py')
 TEACHER_CONFIG = osp.join(REPO, 'configs', 'benchmarks', 'digits_cls_teacher.py')

@@ -1,10 +1,10 @@
-# Classification teacher of the digits benchmark (tools/benchmarks/make_digits.py --out data/digits).
+# Classification teacher of the digits benchmark (python -m tools.benchmarks.make_digits --out data/digits).
 # The first stage downsamples (strides 2,2,2,2): the 32x32 images are 8x8 scans upsampled, and
 # the 4x cheaper model keeps training and DeepInversion within CPU minutes.
 # Stock mmpretrain parts only: ImageClassifier, a narrow CIFAR-style ResNet-18 (BN everywhere,
 # two 3x3 convs per block, so pruning has inner channels), global average pooling, linear head,
 # CustomDataset over 32x32 PNGs, Accuracy. Train it with
-#   python tools/benchmarks/train_teacher.py cls   (or the stock mmpretrain tools/train.py).
+#   python -m tools.benchmarks.train_teacher cls   (or the stock mmpretrain tools/train.py).
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 data_root = 'data/digits/'  # override with train_teacher.py --data or the `data_root` variable

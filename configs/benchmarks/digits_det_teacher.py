@@ -1,8 +1,8 @@
-# Detection teacher of the digits benchmark (tools/benchmarks/make_digits.py --out data/digits):
+# Detection teacher of the digits benchmark (python -m tools.benchmarks.make_digits --out data/digits):
 # 128x128 canvases, 1-4 handwritten digits each, 10 classes. Stock mmdet parts only: a YOLOX
 # of CSPDarknet (deepen 0.33, widen 0.125: stage widths 16/32/64/128, BN in every conv),
 # YOLOXPAFPN and YOLOXHead, CocoDataset and CocoMetric (bbox mAP) on the test split.
-# Train it with  python tools/benchmarks/train_teacher.py det  (or mmdet's tools/train.py).
+# Train it with  python -m tools.benchmarks.train_teacher det  (or mmdet's tools/train.py).
 _base_ = ['mmdet::_base_/default_runtime.py']
 
 data_root = 'data/digits/'  # override with train_teacher.py --data or the `data_root` variable

@@ -1,9 +1,9 @@
-# Keypoint teacher of the digits benchmark (tools/benchmarks/make_digits.py --out data/digits):
+# Keypoint teacher of the digits benchmark (python -m tools.benchmarks.make_digits --out data/digits):
 # top-down pose of stick figures drawn from real handwritten digits, 13 joints. Stock mmpose
 # parts only: TopdownPoseEstimator (SimpleBaseline), a narrow ResNet-18 (BN everywhere, two 3x3
 # convs per block), HeatmapHead, CocoDataset with its own metainfo, CocoMetric (keypoint AP)
 # on the test split with ground-truth boxes.
-# Train it with  python tools/benchmarks/train_teacher.py pose  (or mmpose's tools/train.py).
+# Train it with  python -m tools.benchmarks.train_teacher pose  (or mmpose's tools/train.py).
 _base_ = ['mmpose::_base_/default_runtime.py']
 
 data_root = 'data/digits/'  # override with train_teacher.py --data or the `data_root` variable

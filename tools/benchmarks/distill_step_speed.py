@@ -1,6 +1,6 @@
 """Cost of one distillation step vs one plain training step of the student alone (issue 5).
 
-    python tools/benchmarks/distill_step_speed.py [--models yolox_s resnet50] [--batch 8]
+    python -m tools.benchmarks.distill_step_speed [--models yolox_s resnet50] [--batch 8]
         [--size 256] [--steps 5] [--out docs/distill_step_speed.md]
 
 For each stock model (random weights: the cost does not depend on the values) the student is
@@ -95,7 +95,7 @@ def main():
     parser.add_argument('--out', default=None, help='write the markdown table here too')
     args = parser.parse_args()
     rows = [measure(m, args.batch, args.size, args.steps) for m in args.models]
-    lines = [f'Produced by `python tools/benchmarks/distill_step_speed.py --batch {args.batch} '
+    lines = [f'Produced by `python -m tools.benchmarks.distill_step_speed --batch {args.batch} '
              f'--size {args.size} --steps {args.steps}` on {torch.get_num_threads()} CPU '
              'thread(s); median seconds per step.', '',
              '| model | batch | input | distill step (s) | plain student step (s) | ratio |',

@@ -24,7 +24,7 @@ OpenMMLab datasets read:
 ``split.json`` records the scan indices of each split. Output is a pure function of the
 arguments (seeded numpy generators, PNG writes), so re-running reproduces the files bit for bit.
 
-    python tools/benchmarks/make_digits.py --out data/digits
+    python -m tools.benchmarks.make_digits --out data/digits
 """
 import argparse
 import json

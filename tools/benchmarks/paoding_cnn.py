@@ -1,6 +1,6 @@
 """Paoding on the digits CNN classifier: accuracy and FGSM robustness vs pruning ratio, then DFBF.
 
-    python tools/benchmarks/paoding_cnn.py [--ratios 0.1 ... 0.7] [--finetune-ratios 0.3 0.5 0.7]
+    python -m tools.benchmarks.paoding_cnn [--ratios 0.1 ... 0.7] [--finetune-ratios 0.3 0.5 0.7]
         [--finetune-methods stochastic l1] [--out-dir docs] [--work-dir work_dirs/paoding_cnn]
 
 The model is the offline benchmark's classification teacher (``checkpoints/digits_cls_teacher.pth``,
@@ -32,6 +32,8 @@ split is only evaluated. Pruner seed 42, runner seed 0 (the config's), 1 CPU thr
 Writes ``<out-dir>/paoding_cnn.md`` and ``paoding_cnn.png``; the fine-tuning results are kept
 in ``<work-dir>/results.json`` so a rerun only fine-tunes what is missing (``--fresh`` redoes all).
 """
+if not __package__:  # it imports its sibling modules through the package
+    raise SystemExit('run it from the repository root as: python -m tools.benchmarks.paoding_cnn ARGS')
 import argparse
 import copy
 import json
@@ -44,9 +46,6 @@ import time
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-for path in (REPO, osp.join(REPO, 'tools', 'benchmarks')):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 CONFIG = 'configs/benchmarks/dfbf_digits_cls.py'
 TEACHER = 'checkpoints/digits_cls_teacher.pth'
@@ -80,7 +79,7 @@ def parse_args(argv=None):
 
 def load_config(data: str):
     from mmengine.config import Config
-    from train_teacher import set_data_root
+    from tools.benchmarks.train_teacher import set_data_root
     cfg = Config.fromfile(osp.join(REPO, CONFIG))
     return set_data_root(cfg, data)
 
@@ -151,7 +150,7 @@ def finetune(method, ratio, input_range, args, expected_student):
     from mmengine.runner import load_checkpoint
     from dfbf_mm.engine import DataFreeDistillRunner
     from dfbf_mm.stock_model import build_stock_model
-    from run import make_bench_hook  # tools/benchmarks/run.py
+    from tools.benchmarks.run import make_bench_hook
 
     cfg = load_config(args.data)
     dfbf = cfg.dfbf.to_dict()
@@ -308,7 +307,7 @@ def write_outputs(args, rows, scores, input_range, num_test):
                                f'min {min(s):.4f}, median {statistics.median(s):.4f}, max {max(s):.4f}')
     text = f"""# Paoding on the digits CNN (conv-channel extension) and Paoding + DFBF
 
-Output of `python tools/benchmarks/paoding_cnn.py` (see its docstring). Model: the offline
+Output of `python -m tools.benchmarks.paoding_cnn` (see its docstring). Model: the offline
 benchmark's classification teacher (`{TEACHER}`, mmpretrain ImageClassifier, ResNet_CIFAR-18 with
 16 base channels, LinearClsHead; {num_test} test images). Its head has no hidden layer, so Paoding prunes
 the inner channels of the eight BasicBlocks (`conv1 -> bn1 -> ReLU -> conv2`): **our extension**

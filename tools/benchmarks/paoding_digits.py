@@ -15,24 +15,22 @@ Writes docs/paoding_digits.md (table) and docs/paoding_digits.png (plot) and pri
 The offline-benchmark CNN classifier (conv-block extension, Paoding followed by DFBF
 fine-tuning) is ``tools/benchmarks/paoding_cnn.py``.
 
-    python tools/benchmarks/paoding_digits.py [--step 0.025] [--out-dir docs]
+    python -m tools.benchmarks.paoding_digits [--step 0.025] [--out-dir docs]
 """
 import argparse
 import copy
 import math
 import os.path as osp
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from dfbf_mm.evaluation.fgsm_robustness import fgsm_counts  # noqa: E402
-from dfbf_mm.pruning.paoding import remove_units  # noqa: E402
-from dfbf_mm.registry import PRUNERS  # noqa: E402
-import dfbf_mm.pruning.paoding  # noqa: E402,F401
+import dfbf_mm.pruning.paoding  # noqa: F401  (registers the Paoding pruner)
+from dfbf_mm.evaluation.fgsm_robustness import fgsm_counts
+from dfbf_mm.pruning.paoding import remove_units
+from dfbf_mm.registry import PRUNERS
 
 EPSILONS = (0.01, 0.05, 0.1)
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -186,7 +184,7 @@ def write_outputs(out_dir, table, curves, step):
     md = osp.join(out_dir, 'paoding_digits.md')
     with open(md, 'w') as f:
         f.write('# Paoding on the digits MLPs\n\n'
-                'Output of `python tools/benchmarks/paoding_digits.py` (sklearn digits, features in '
+                'Output of `python -m tools.benchmarks.paoding_digits` (sklearn digits, features in '
                 '[0, 1], 75/25 split with seed 42; MLP 64-128-128-64-10; pruner seed 42; '
                 f'progressive step {step}, recursive, target 0.8; BASELINE and L1 are one-shot per '
                 'ratio, BASELINE capped at 0.5). "FGSM rob." = share of correctly classified test '

@@ -1,6 +1,6 @@
 """Pruning time and what real channel removal buys in CPU latency (issue 3).
 
-    python tools/benchmarks/pruning_speed.py [--sparsity 0.5] [--runs 15] [--no-compile]
+    python -m tools.benchmarks.pruning_speed [--sparsity 0.5] [--runs 15] [--no-compile]
         [--out docs/pruning_speed.md]
 
 For mmdet's ResNet-50 (224 px) and CSPDarknet of YOLOX-s (320 px), randomly initialised (the
@@ -35,7 +35,7 @@ def main():
     args = parser.parse_args()
     enter_scope('mmdet')
     flags = f'--sparsity {args.sparsity} --runs {args.runs}' + (' --no-compile' if args.no_compile else '')
-    lines = [f'Produced by `python tools/benchmarks/pruning_speed.py {flags}` on '
+    lines = [f'Produced by `python -m tools.benchmarks.pruning_speed {flags}` on '
              f'{torch.get_num_threads()} CPU thread(s); uniform sparsity, random weights. Latency: median '
              f'of {args.runs} forwards per model, teacher and pruned in turns.', '']
     for name, cfg, size in BACKBONES:

@@ -1,6 +1,6 @@
 """Offline benchmark (issues 6 and 7): what data-free fine-tuning recovers after pruning.
 
-    python tools/benchmarks/run.py [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
+    python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp]
         [--quick] [--out work_dirs/benchmark] [--data data/digits]
 
@@ -23,6 +23,8 @@ interrupted benchmark resumes), ``results.md`` (tables), ``metric_vs_flops.png``
 ``synthetic_images_<task>.png`` (the grid of what the student was trained on). ``--quick`` is
 a smoke-test budget, kept apart from the full one (its own keys and table).
 """
+if not __package__:  # it imports its sibling modules through the package
+    raise SystemExit('run it from the repository root as: python -m tools.benchmarks.run ARGS')
 import argparse
 import copy
 import datetime
@@ -30,14 +32,10 @@ import json
 import os
 import os.path as osp
 import shutil
-import sys
 import time
 import traceback
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-for path in (REPO, osp.join(REPO, 'tools', 'benchmarks')):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 # task -> dfbf config, teacher checkpoint, metric key, scale to percent / points, label
 TASKS = {
@@ -210,7 +208,7 @@ def run_all(args, run_fn, teacher_fn, results_path, log=print):
 def task_config(task, args, rule, sparsity, method, work_dir):
     """The task's dfbf config with budget, rule, sparsity and method applied."""
     from mmengine.config import Config
-    from train_teacher import set_data_root
+    from tools.benchmarks.train_teacher import set_data_root
     spec = TASKS[task]
     cfg = Config.fromfile(osp.join(REPO, spec['config']))
     set_data_root(cfg, args.data)
@@ -231,7 +229,7 @@ def task_config(task, args, rule, sparsity, method, work_dir):
 def measure_teacher(task, args):
     """The teacher's test metric with the stock Runner (its own config and checkpoint)."""
     from mmengine.runner import Runner
-    from train_teacher import load_task_config
+    from tools.benchmarks.train_teacher import load_task_config
     spec = TASKS[task]
     ckpt = osp.join(REPO, spec['teacher'])
     if not osp.isfile(ckpt):
@@ -473,7 +471,7 @@ def write_outputs(results, out, budget):
 def ensure_data(root):
     if all(osp.exists(osp.join(root, t)) for t in ('cls', 'det', 'pose')):
         return
-    import make_digits
+    from tools.benchmarks import make_digits
     print(f'[benchmark] generating the digits data into {root}')
     make_digits.build(root, seed=0)
 

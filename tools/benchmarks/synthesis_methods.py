@@ -1,6 +1,6 @@
 """DeepInversion vs the meta-learned generator, side by side on the digits tasks (issue 14).
 
-    python tools/benchmarks/synthesis_methods.py [--tasks cls det pose] [--methods di gen gen_wall real]
+    python -m tools.benchmarks.synthesis_methods [--tasks cls det pose] [--methods di gen gen_wall real]
         [--sparsities cls=0.5 det=0.5,0.7 pose=0.5] [--seeds 0] [--out work_dirs/synthesis_methods]
         [--out-md docs/synthesis_methods.md] [--report-only]
 
@@ -19,6 +19,8 @@ Synthesis runs once per (task, method) and is timed in this process; teacher pas
 come from the cached batches (``SyntheticImageDataset.stats``: whole run, a stream's warm-up
 included). Results go to ``--out/results.json`` (a rerun skips finished rows) and one table.
 """
+if not __package__:  # it imports its sibling modules through the package
+    raise SystemExit('run it from the repository root as: python -m tools.benchmarks.synthesis_methods ARGS')
 import argparse
 import copy
 import json
@@ -28,11 +30,8 @@ import sys
 import time
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-for path in (REPO, osp.join(REPO, 'tools', 'benchmarks')):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
-import run as bench  # noqa: E402  (tools/benchmarks/run.py)
+from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
 METHODS = ('di', 'gen', 'gen_wall', 'real')
@@ -197,7 +196,7 @@ def main(argv=None):
     print(text)
     if args.out_md:
         with open(args.out_md, 'w') as f:
-            f.write(f'Produced by `python tools/benchmarks/synthesis_methods.py '
+            f.write(f'Produced by `python -m tools.benchmarks.synthesis_methods '
                     f'{" ".join(argv if argv is not None else sys.argv[1:])}`.\n\n{text}\n')
     return results
 

@@ -1,6 +1,6 @@
 """How fast can DeepInversion reach the reference's image quality? One teacher, several modes.
 
-    python tools/benchmarks/synthesis_speed.py [--config C --checkpoint P] [--batch-size 16]
+    python -m tools.benchmarks.synthesis_speed [--config C --checkpoint P] [--batch-size 16]
         [--image-size 32] [--batches 8] [--reference-batches 1] [--modes 0 1 ...]
         [--accuracy 0 5 --ft-epochs 10] [--work-dir work_dirs/synthesis_speed]
         [--out-md docs/synthesis_speed.md]
@@ -24,12 +24,11 @@ import time
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
 
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config
 
-from dfbf_mm.stock_model import build_stock_model, load_weights  # noqa: E402
-from dfbf_mm.synthesis import SyntheticImageDataset  # noqa: E402
+from dfbf_mm.stock_model import build_stock_model, load_weights
+from dfbf_mm.synthesis import SyntheticImageDataset
 
 # (name, preset, overrides, chain_length). Chains: the head batch starts from noise with the
 # preset's schedule, later batches from the previous batch with the short warm_* schedule.
@@ -164,8 +163,8 @@ def main(argv=None):
     if args.out_md:
         os.makedirs(osp.dirname(osp.abspath(args.out_md)), exist_ok=True)
         with open(args.out_md, 'w') as f:
-            f.write('# DeepInversion synthesis speed\n\nProduced by `python tools/benchmarks/'
-                    f'synthesis_speed.py {" ".join(argv or sys.argv[1:])}`.\n\n{table}\n')
+            f.write('# DeepInversion synthesis speed\n\nProduced by `python -m tools.benchmarks.'
+                    f'synthesis_speed {" ".join(argv or sys.argv[1:])}`.\n\n{table}\n')
     return rows
 
 

@@ -1,6 +1,6 @@
 """The README table of the target-driven benchmark rows (issue 15) from a results.json.
 
-    python tools/benchmarks/target_summary.py work_dirs/bench15/results.json
+    python -m tools.benchmarks.target_summary work_dirs/bench15/results.json
 
 One row per (task, MACs target): the data-free (dfbf) metric of one-shot uniform, one-shot
 global ranking and 3 progressive steps (``tools/benchmarks/run.py --rules macs macs-global

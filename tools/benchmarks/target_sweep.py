@@ -1,6 +1,6 @@
 """MACs targets on every backbone of the README sweep table that prunes (issue 15).
 
-    python tools/benchmarks/target_sweep.py [--targets 0.5 0.7] [--rankings uniform global]
+    python -m tools.benchmarks.target_sweep [--targets 0.5 0.7] [--rankings uniform global]
         [--max-side 256] [--out docs/target_sweep.md]
 
 For each row of ``docs/backbone_sweep.json`` that pruned and has a MACs count, the backbone of
@@ -10,15 +10,14 @@ capped at ``--max-side`` to keep CPU time down), and the MACs cut is measured wi
 ``count_macs_params`` independently of the pruner. Rows are saved as they finish
 (``<out>.json``), so a rerun resumes.
 """
+if not __package__:  # it imports its sibling modules through the package
+    raise SystemExit('run it from the repository root as: python -m tools.benchmarks.target_sweep ARGS')
 import argparse
 import json
 import os.path as osp
-import sys
 import time
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(REPO, 'tools'))
-sys.path.insert(0, REPO)
 
 
 def main(argv=None):
@@ -30,7 +29,7 @@ def main(argv=None):
     p.add_argument('--out', default=osp.join(REPO, 'docs', 'target_sweep.md'))
     args = p.parse_args(argv)
     import torch
-    import backbone_sweep as bs
+    from tools import backbone_sweep as bs
     from dfbf_mm.export.profile import count_macs_params
     from dfbf_mm.pruning import L1FilterPruner
     from dfbf_mm.registry import MODELS
@@ -74,7 +73,7 @@ def main(argv=None):
                     json.dump(done, f, indent=1, sort_keys=True)
                 print(key, row, flush=True)
     lines = ['# MACs targets on the swept backbones', '',
-             'Produced by `python tools/benchmarks/target_sweep.py` (random weights, one input per '
+             'Produced by `python -m tools.benchmarks.target_sweep` (random weights, one input per '
              'backbone; the cut is counted with `count_macs_params`, independently of the pruner).', '',
              '| backbone | stock config | input | ranking | target | MACs cut | within ±2 points | sparsity found | s |',
              '|---|---|---|---|---|---|---|---|---|']

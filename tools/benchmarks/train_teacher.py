@@ -1,8 +1,8 @@
 """Train a teacher of the digits benchmark and write its slim checkpoint.
 
-    python tools/benchmarks/train_teacher.py {cls,det,pose} [--data data/digits]
+    python -m tools.benchmarks.train_teacher {cls,det,pose} [--data data/digits]
         [--work-dir work_dirs/teachers/<task>] [--out checkpoints/digits_<task>_teacher.pth]
-    python tools/benchmarks/train_teacher.py cls --test-only checkpoints/digits_cls_teacher.pth
+    python -m tools.benchmarks.train_teacher cls --test-only checkpoints/digits_cls_teacher.pth
 
 Training is MMEngine's stock ``Runner`` on ``configs/benchmarks/digits_<task>_teacher.py``
 (stock train/val loops; the stock evaluator on the test split). The committed checkpoint keeps
@@ -23,8 +23,6 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 TASKS = {
     'cls': ('configs/benchmarks/digits_cls_teacher.py', 'cls/train.txt'),
     'det': ('configs/benchmarks/digits_det_teacher.py', 'det/annotations/train.json'),
@@ -136,7 +134,7 @@ def train(task: str, data: str, work_dir: str, out: str, options: dict = None) -
     meta = dict(
         task=task,
         config=TASKS[task][0],
-        command=' '.join(['python', 'tools/benchmarks/train_teacher.py'] + sys.argv[1:]),
+        command=' '.join(['python', '-m', 'tools.benchmarks.train_teacher'] + sys.argv[1:]),
         epochs=runner.train_loop.max_epochs,
         iterations=runner.iter,
         test_metrics={k: _plain(v) for k, v in keep.metrics.items()},
@@ -186,7 +184,7 @@ def main(argv=None):
     probe = osp.join(args.data, TASKS[args.task][1])
     if not osp.isfile(probe):
         sys.exit(f'--data: {probe} not found; generate the sets first: '
-                 f'python tools/benchmarks/make_digits.py --out {args.data}')
+                 f'python -m tools.benchmarks.make_digits --out {args.data}')
     if args.test_only:
         metrics = test_only(args.task, args.data, args.work_dir, args.test_only, args.cfg_options)
         print({k: _plain(v) for k, v in metrics.items()})
