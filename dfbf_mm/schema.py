@@ -275,6 +275,39 @@ EXPORT = Block('dfbf.export', 'what is written to <work_dir>/export after traini
     Option('onnx', False, 'also export to ONNX and check it in onnxruntime', boolean),
 ])
 
+def fraction(low_open: bool = False):
+    """A number in [0, 1] (``low_open``: in (0, 1])."""
+    def parse(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+            0 < v <= 1 if low_open else 0 <= v <= 1)
+        if not ok:
+            raise Invalid(f'must be a number in {"(0, 1]" if low_open else "[0, 1]"}, got {v!r}')
+        return float(v)
+    return parse
+
+
+VIEWS = Block('dfbf.views', 'random augmented views of each training batch, the same view to teacher '
+              'and student (the teacher features are computed on it): True for these defaults or a '
+              'dict of them (off unless given; docs/augmented_views.md)', [
+    Option('flip', 0.5, 'probability of a horizontal flip', fraction()),
+    Option('crop', 0.5, 'smallest area fraction of a random resized crop, resized back to the '
+           'input size (1: no crop)', fraction(low_open=True)),
+    Option('jitter', 0.2, 'brightness / contrast factors in [1 - jitter, 1 + jitter] (0: none)',
+           fraction()),
+    Option('mix', None, "None, 'mixup' or 'cutmix': mix an image with another of the batch",
+           one_of(None, 'mixup', 'cutmix')),
+    Option('mix_prob', 0.5, 'probability that an image is mixed (weight from U(0, 1))', fraction()),
+    Option('seed', 0, 'seed of the draws; step t of rank r has its own stream', integer()),
+], optional=True)
+
+
+def views_block(v):
+    """``dfbf.views``: None / False (off), True (the defaults) or a dict of options."""
+    if v is None or v is False:
+        return None
+    return VIEWS.read(VIEWS.defaults() if v is True else v)
+
+
 def epoch_counts(v):
     if v is not None and (not isinstance(v, (tuple, list)) or not v or not all(
             isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v)):
@@ -317,9 +350,10 @@ DFBF = Block('dfbf', 'the experiment', [
     Option('keep_custom_hooks', False, "keep the stock config's custom_hooks while fine-tuning",
            boolean),
     Option('progressive', None, PROGRESSIVE.doc, PROGRESSIVE.read),
+    Option('views', None, VIEWS.doc, views_block),
 ])
 
-BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, PROGRESSIVE)
+BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, PROGRESSIVE, VIEWS)
 
 
 def loss_config(distill: dict) -> dict:

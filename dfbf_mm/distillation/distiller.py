@@ -9,18 +9,20 @@ preprocessor, so the stock evaluators work unchanged.
 from typing import Optional, Sequence, Tuple
 
 import torch
-from mmengine.logging import print_log
+from mmengine.dist import get_dist_info
+from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..pruning import build_student
 from ..registry import MODELS
-from ..schema import DISTILL, OVERPARAM, SP_LOSS, loss_config
-from ..stock_model import build_teacher, input_channels
+from ..schema import DISTILL, OVERPARAM, SP_LOSS, loss_config, views_block
+from ..stock_model import build_teacher, input_channels, pixel_range
 from ..utils import output_tensors
 from .feature_taps import FeatureRecorder, select_taps
 from .lop import expand_model, merge_model, merged_copy
+from .views import build_views
 
 
 def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[str]):
@@ -57,12 +59,15 @@ class DataFreeDistiller(BaseModel):
             name patterns.
         raw_inputs: train batches are stock pipeline outputs (uint8 images + data samples, the
             real-data baseline) and go through the teacher's data preprocessor first.
+        views: ``dfbf.views``: each training batch is replaced by a random augmented view of it
+            (``views.BatchViews``) before the teacher and the student see it (off: None).
     """
 
     def __init__(self, model: dict, teacher_checkpoint: str, pruner: dict,
                  input_size: Tuple[int, int], distill: Optional[dict] = None,
                  channel_spec: Optional[dict] = None, overparam: Optional[dict] = None,
-                 sp_loss: Optional[dict] = None, raw_inputs: bool = False, init_cfg=None):
+                 sp_loss: Optional[dict] = None, raw_inputs: bool = False,
+                 views: Optional[dict] = None, init_cfg=None):
         super().__init__(data_preprocessor=dict(type='BaseDataPreprocessor'), init_cfg=init_cfg)
         # the schema's reading of the blocks (idempotent: the engine passes them read already)
         distill, overparam, sp_loss = DISTILL.read(distill), OVERPARAM.read(overparam), SP_LOSS.read(sp_loss)
@@ -97,6 +102,8 @@ class DataFreeDistiller(BaseModel):
                             select_taps(self.teacher.backbone, self.student.backbone, example, taps))
             self.sp_loss = MODELS.build(dict(type=sp_loss['type'], loss_weight=sp_loss['weight']))
         self.raw_inputs = raw_inputs
+        self.views = build_views(views_block(views), pixel_range(self.teacher))
+        self._view_calls = 0  # the step of the views outside a runner (no 'iter' in the hub)
         self._merged_student = None  # cached merged copy of an expanded student, for eval
 
     def _pruned_layers(self):
@@ -136,6 +143,8 @@ class DataFreeDistiller(BaseModel):
             inputs = self.teacher.data_preprocessor(
                 dict(inputs=inputs, data_samples=data_samples), False)['inputs']
         images = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        if self.views is not None:  # before the teacher: its features are the targets of this view
+            images = self.views(images, self._view_step(), get_dist_info()[0])
         taps = list(dict.fromkeys(self.taps + self.sp_taps))
         with torch.no_grad():
             t_taps, t_outs = backbone_features(self.teacher.backbone, images, taps)
@@ -146,6 +155,13 @@ class DataFreeDistiller(BaseModel):
             losses['loss_sp'] = self.sp_loss([s_taps[n] for n in self.sp_taps],
                                              [t_taps[n] for n in self.sp_taps])
         return losses
+
+    def _view_step(self) -> int:
+        """The training iteration (MMEngine's message hub, so a resumed run continues the same
+        views), else a count of the training forwards."""
+        step = MessageHub.get_current_instance().get_info('iter')
+        self._view_calls += 1
+        return self._view_calls - 1 if step is None else int(step)
 
     def eval_student(self) -> nn.Module:
         """The student as deployed: an expanded student is evaluated as its merged copy."""

@@ -107,6 +107,7 @@ def to_runner_config(cfg: Config) -> Config:
         overparam=dfbf['overparam'],
         sp_loss=dfbf['sp_loss'],
         raw_inputs=dfbf['train_data'] == 'real',
+        views=dfbf['views'],
         channel_spec=resume_channel_spec(cfg))
     cfg.data_preprocessor = None  # merged into the stock model above; the distiller has its own
 

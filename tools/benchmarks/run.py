@@ -1,8 +1,8 @@
 """Offline benchmark (issues 6 and 7): what data-free fine-tuning recovers after pruning.
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
-        [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp]
-        [--quick] [--out work_dirs/benchmark] [--data data/digits]
+        [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
+         dfbf+aug dfbf+mix real+aug] [--seed 0] [--quick] [--out work_dirs/benchmark] [--data data/digits]
 
 For every task (digits classification / detection / keypoints), sparsity, pruning rule
 (``uniform``: one L1 ratio; ``layer``: DFBF's width-dependent ratio) and method, it prunes the
@@ -13,7 +13,10 @@ committed teacher with ``DataFreeDistillRunner`` and measures on the test split:
   ``dfbf`` = DeepInversion images (data-free), ``noise`` = Gaussian noise inputs, ``real`` =
   the real train split (upper bound), all with the same loss and iteration budget, and the
   issue-7 variants ``dfbf+lop`` (LOP expansion, merged for val/export), ``dfbf+sp``
-  (similarity-preserving KD added) and ``dfbf+lop+sp``;
+  (similarity-preserving KD added) and ``dfbf+lop+sp``; ``dfbf+aug`` = DFBF on random augmented
+  views of the synthetic images (``dfbf.views``: flip, random resized crop, brightness/contrast
+  jitter; docs/augmented_views.md), ``dfbf+mix`` = the same plus CutMix between the images of a
+  batch, ``real+aug`` = the real-data bound with ``dfbf+aug``'s views;
 * backbone params, MACs and CPU latency (the ExportHook's profile rows), the synthesis wall
   time (once per task: all runs of a task share one synthetic cache) and the fine-tuning wall
   time (training epochs only; no validation, export or synthesis).
@@ -72,6 +75,11 @@ METHODS = {
     'dfbf+sp': dict(train_data='synthetic', sp_loss=dict(weight=SP_WEIGHT, taps='features')),
     'dfbf+lop+sp': dict(train_data='synthetic', overparam=dict(ratio=2),
                         sp_loss=dict(weight=SP_WEIGHT, taps='features')),
+    # augmented views of the training batch, the same to teacher and student (dfbf.views)
+    'dfbf+aug': dict(train_data='synthetic', views=dict(flip=0.5, crop=0.5, jitter=0.2)),
+    'dfbf+mix': dict(train_data='synthetic', views=dict(flip=0.5, crop=0.5, jitter=0.2,
+                                                        mix='cutmix', mix_prob=0.5)),
+    'real+aug': dict(train_data='real', views=dict(flip=0.5, crop=0.5, jitter=0.2)),
 }
 # Budgets: overrides of each task config's dfbf block. 'full' keeps every run to a few CPU
 # minutes (2 shared cores) after a one-off synthesis per task; 'quick' is a smoke run.
@@ -101,7 +109,8 @@ BUDGETS = {
 }
 LATENCY_BATCH = 8
 COLORS = {'pruned': '0.6', 'dfbf': 'tab:blue', 'noise': 'tab:orange', 'real': 'tab:green',
-          'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown'}
+          'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown',
+          'dfbf+aug': 'tab:cyan', 'dfbf+mix': 'tab:olive', 'real+aug': 'tab:pink'}
 
 
 def parse_args(argv=None):
@@ -111,6 +120,9 @@ def parse_args(argv=None):
     parser.add_argument('--rules', nargs='+', default=DEFAULT_RULES, choices=list(RULES))
     parser.add_argument('--methods', nargs='+', default=['dfbf', 'noise', 'real'],
                         choices=list(METHODS))
+    parser.add_argument('--seed', type=int, default=0,
+                        help='fine-tuning seed (randomness.seed and dfbf.views.seed); results are '
+                             'keyed without it, so give each seed its own --out')
     parser.add_argument('--quick', action='store_true', help='smoke-test budget')
     parser.add_argument('--out', default='work_dirs/benchmark')
     parser.add_argument('--data', default='data/digits', help='digits data (made if missing)')
@@ -217,6 +229,11 @@ def task_config(task, args, rule, sparsity, method, work_dir):
     dfbf = merge(dfbf, {k: v for k, v in METHODS[method].items()})
     dfbf['teacher_checkpoint'] = osp.join(REPO, spec['teacher'])
     dfbf = merge(dfbf, RULES[rule](sparsity))
+    seed = getattr(args, 'seed', 0)
+    if seed:  # seed 0: the configs' own randomness, as every run before --seed
+        cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
+        if dfbf.get('views'):
+            dfbf['views']['seed'] = seed
     dfbf['synthetic_data']['cache_dir'] = osp.join(args.out, 'cache', task)
     epochs = dfbf['schedule']['epochs']
     dfbf['schedule']['checkpoint_interval'] = epochs  # one checkpoint, at the end
@@ -333,7 +350,8 @@ def measure_run(task, rule, sparsity, method, results, args):
         synthesis_s=results.get(synth_key, {}).get('wall_s') if synth_key else None,
         synthetic_cache=cache_id,
         num_images=dfbf['synthetic_data']['num_images'], epochs=dfbf['schedule']['epochs'],
-        distill=dfbf.get('distill'), work_dir=work_dir,
+        distill=dfbf.get('distill'), work_dir=work_dir, views=dfbf.get('views'),
+        seed=cfg.get('randomness', {}).get('seed'),
         date=datetime.datetime.now().isoformat(timespec='seconds'))
 
 
