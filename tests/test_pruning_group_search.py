@@ -10,8 +10,7 @@ import torch_pruning as tp
 
 from dfbf_mm.pruning import L1FilterPruner
 from dfbf_mm.pruning.channel_groups import SentinelWrapper
-from dfbf_mm.pruning.group_search import (Deadline, TraceTimeLimitError, all_groups,
-                                          tolerant_index_mapping)
+from dfbf_mm.pruning.group_search import BoundedDependencyGraph, Deadline, TraceTimeLimitError
 from dfbf_mm.registry import MODELS
 
 from backbones import build, outs  # tests/backbones.py
@@ -53,10 +52,11 @@ def random_double(m):
     return m
 
 
-def traced(backbone, x):
+def traced(backbone, x, deadline=None, graph_cls=BoundedDependencyGraph):
     wrapper = SentinelWrapper(backbone, outs(backbone, x), x.shape[1])
-    with torch.enable_grad(), tolerant_index_mapping():
-        return tp.DependencyGraph().build_dependency(
+    with torch.enable_grad():
+        graph = BoundedDependencyGraph(deadline) if graph_cls is BoundedDependencyGraph else graph_cls()
+        return graph.build_dependency(
             wrapper, example_inputs=[x.clone().requires_grad_(True)], verbose=False), wrapper
 
 
@@ -156,13 +156,13 @@ def test_run_away_search_stops_at_the_time_limit():
     # Without barriers, Torch-Pruning's walk around ShuffleNetV2's chunk/concat/shuffle loops
     # does not finish in minutes; the deadline must end it.
     backbone = build('mmpretrain', dict(type='ShuffleNetV2', widen_factor=0.5))
-    graph, wrapper = traced(backbone, torch.randn(1, 3, 64, 64))
+    graph, wrapper = traced(backbone, torch.randn(1, 3, 64, 64), Deadline(0.5, 'ShuffleNetV2'))
     names = {m: n for n, m in wrapper.named_modules()}
     start = time.perf_counter()
     with pytest.raises(TraceTimeLimitError, match=r'^backbone: ShuffleNetV2: the Torch-Pruning dependency '
                                                   r'search exceeded trace_time_limit=0.5 s \(in the group rooted at '):
-        list(all_groups(graph, ignored_layers=list(wrapper.sentinels), root_module_types=(nn.Conv2d,),
-                        deadline=Deadline(0.5, 'ShuffleNetV2'), names=names))
+        list(graph.get_all_groups(ignored_layers=list(wrapper.sentinels), root_module_types=(nn.Conv2d,),
+                                  names=names))
     assert time.perf_counter() - start < 10
 
 
@@ -190,10 +190,15 @@ def test_bad_trace_time_limit(bad):
     ('mmdet', dict(type='CSPDarknet', deepen_factor=0.33, widen_factor=0.25)),
 ])
 def test_search_without_barriers_equals_torch_pruning(scope, cfg):
-    graph, wrapper = traced(build(scope, cfg), torch.randn(1, 3, 64, 64))
-    types = (nn.Conv2d, nn.Linear)
-    ours = list(all_groups(graph, ignored_layers=list(wrapper.sentinels), root_module_types=types))
-    theirs = list(graph.get_all_groups(ignored_layers=list(wrapper.sentinels), root_module_types=types))
+    backbone, x, types = build(scope, cfg), torch.randn(1, 3, 64, 64), (nn.Conv2d, nn.Linear)
+
+    def groups(graph_cls):
+        graph, wrapper = traced(backbone, x, graph_cls=graph_cls)
+        names = {m: n for n, m in wrapper.named_modules()}
+        return [[(names.get(it.dep.target.module, type(it.dep.target.module).__name__), it.dep.handler.__name__,
+                  it.idxs, it.root_idxs) for it in g]
+                for g in graph.get_all_groups(ignored_layers=list(wrapper.sentinels), root_module_types=types)]
+
+    ours, theirs = groups(BoundedDependencyGraph), groups(tp.DependencyGraph)
     assert len(ours) == len(theirs) > 10
-    for a, b in zip(ours, theirs):
-        assert [(it.dep, it.idxs, it.root_idxs) for it in a] == [(it.dep, it.idxs, it.root_idxs) for it in b]
+    assert ours == theirs

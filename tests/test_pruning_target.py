@@ -8,7 +8,8 @@ import torch_pruning as tp
 from dfbf_mm.export.profile import count_macs_params
 from dfbf_mm.pruning import L1FilterPruner, trace_channel_groups
 from dfbf_mm.pruning.report import groups_table, plot_groups
-from dfbf_mm.pruning.target import global_ratios, group_scores, solve
+from dfbf_mm.pruning.importance import group_scores
+from dfbf_mm.pruning.target import global_ratios, solve
 from dfbf_mm.registry import PRUNERS
 from dfbf_mm.schema import read_dfbf
 
@@ -150,3 +151,27 @@ def test_step_plan():
     assert plan['begins'] == [0, 4, 7]  # 4 + 3 + 3 epochs
     assert plan['milestones'] == [3, 6, 9]  # 8/10 of each step
 
+
+
+@pytest.mark.parametrize('name', ['ResNet-18', 'MobileNetV2', 'RegNet'])
+@pytest.mark.parametrize('norm', [1, 2])
+def test_filter_scores_are_torch_prunings_magnitude_with_the_hand_written_numbers(name, norm):
+    """Uniform L1 ranks a group's channels by the Lp norm of its root filters; the scores come
+    from Torch-Pruning's GroupMagnitudeImportance and equal the hand-written norm they replaced."""
+    from dfbf_mm.pruning.importance import _OUT_FNS as OUT_FNS, filter_scores
+    trace = trace_channel_groups(build(*BACKBONES[name]), X)
+    assert len(trace.prunable) > 3
+    depthwise = 0
+    for g in trace.prunable:
+        hand = g.root.weight.detach().flatten(1).float().norm(p=norm, dim=1)
+        tp_first = tp.importance.GroupMagnitudeImportance(p=norm, group_reduction='first', normalizer=None)(g.group)
+        got = filter_scores(g, norm)
+        assert got.shape == (g.width,)
+        assert torch.allclose(got, hand, rtol=1e-5, atol=0), g.root_name
+        if g.group[0].dep.handler in OUT_FNS:
+            assert torch.allclose(got.pow(norm), tp_first, rtol=1e-5), g.root_name
+        else:  # a depthwise root: Torch-Pruning scores the layers behind it, not its filters
+            depthwise += 1
+        assert torch.equal(torch.argsort(got, stable=True), torch.argsort(hand, stable=True)) or \
+            torch.allclose(got.sort().values, hand.sort().values)  # only exact ties may reorder
+    assert depthwise < len(trace.prunable)

@@ -19,11 +19,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
 from ..utils import eval_mode, first_line, output_tensors
-from .group_search import UNMAPPED, Deadline, all_groups, is_permuting_op, tolerant_index_mapping
+from .group_search import UNMAPPED, BoundedDependencyGraph, Deadline, is_permuting_op
 
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
 # into heads, sliced, expanded): groups through them are skipped, not pruned. They and the
@@ -91,13 +90,11 @@ class ChannelGroup:
 @dataclass
 class TraceResult:
     """Outcome of :func:`trace_channel_groups`."""
-    graph: tp.DependencyGraph
+    graph: BoundedDependencyGraph  # its barriers and deadline bound every later group search
     wrapper: SentinelWrapper
     prunable: List[ChannelGroup]
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (root name, reason)
     output_shapes: List[Tuple[int, ...]] = field(default_factory=list)
-    barriers: set = field(default_factory=set)  # graph nodes the group search does not pass
-    deadline: Optional[Deadline] = None         # time limit shared by tracing and pruning
 
 
 def run_backbone(backbone: nn.Module, example_inputs: torch.Tensor, field_name: str = 'example_inputs'):
@@ -248,8 +245,8 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
         p.requires_grad_(True)
     was_training = backbone.training
     try:
-        with torch.enable_grad(), tolerant_index_mapping():
-            graph = tp.DependencyGraph().build_dependency(
+        with torch.enable_grad():
+            graph = BoundedDependencyGraph(deadline).build_dependency(
                 wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False)
     except Exception as e:
         raise ValueError(f'backbone: Torch-Pruning cannot trace {type(backbone).__name__} '
@@ -273,9 +270,9 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     barriers = {node for m, node in graph.module2node.items()
                 if (isinstance(m, _UNSAFE_OPS) or is_permuting_op(m) or getattr(m, UNMAPPED, False))
                 and node not in linear_flatten}
-    result = TraceResult(graph, wrapper, [], [], out_shapes, barriers, deadline)
-    for group in all_groups(graph, ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES,
-                            barriers=barriers, deadline=deadline, names=names):
+    graph.barriers = barriers
+    result = TraceResult(graph, wrapper, [], [], out_shapes)
+    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES, names=names):
         root = group[0].dep.target.module
         root_name = names.get(root, '?')
         touched, out_touched, reason, via_flatten = [], [], None, False

@@ -1,21 +1,21 @@
-"""Bounded dependency-group search over a traced ``torch_pruning.DependencyGraph``.
+"""``BoundedDependencyGraph``: Torch-Pruning's ``DependencyGraph`` with a group search that ends.
 
-Torch-Pruning's ``get_pruning_group`` / ``get_all_groups`` follow every dependency until the
-set of (layer, indices) pairs stops growing. Two things make that run away on some graphs:
+What upstream (torch-pruning 1.6) lacks, and is all this file adds:
 
 * ops that permute channels (``transpose`` / ``permute``, e.g. the view-transpose-view of a
-  channel shuffle) are traced as element-wise ops, so the walk carries index sets through
-  them unchanged, and around chunk/concat loops the same layer is reached again and again
-  with new index subsets (ShuffleNetV2 did not finish in 150 s);
-* the "already in the group" test scans the whole group for every new item (quadratic).
+  channel shuffle) are traced as element-wise ops, so ``get_pruning_group`` carries index sets
+  through them unchanged, and around chunk/concat loops reaches the same layer again and again
+  with new index subsets (ShuffleNetV2 did not finish in 150 s). Here the walk stops at
+  ``barriers`` (the node joins the group, which is then never pruned: :mod:`.channel_groups`
+  skips every group that contains one);
+* the "already in the group" test scans the whole group for every new item (quadratic); here
+  it is a set look-up;
+* no time limit: a deadline turns a run-away search into a one-line :class:`TraceTimeLimitError`;
+* index mappings it cannot make raise from inside the trace (reshape before a chunk, concat of
+  a split chunk, see :func:`tolerant_index_mapping`); here such an op is marked ``UNMAPPED``
+  and becomes a barrier.
 
-:func:`pruning_group` is the same walk as ``DependencyGraph.get_pruning_group`` (same items,
-same order, same merge) with three changes: the membership test is a set look-up; the walk
-does not continue *through* a ``barrier`` node (it is added to the group, which is then
-never pruned: :mod:`.channel_groups` skips every group that contains one); and a deadline
-turns a run-away search into a one-line :class:`TraceTimeLimitError`. Index mappings that
-Torch-Pruning cannot make (its own exceptions) mark the op ``UNMAPPED`` instead of failing
-the trace; such ops are barriers as well.
+Otherwise the walk is upstream's: same items, same order, same merge of items on one layer.
 """
 import time
 from contextlib import contextmanager
@@ -210,127 +210,140 @@ class Deadline:
                 'exclude the layers with ignore=[...]')
 
 
-def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn: Callable,
-                  idxs: Sequence[int], barriers: Collection = (), deadline: Optional[Deadline] = None,
-                  where: Callable[[], str] = lambda: '?', update_mapping: bool = True,
-                  mark_unmappable: bool = False) -> Group:
-    """``graph.get_pruning_group(module, pruning_fn, idxs)``, bounded (see module docstring).
+class BoundedDependencyGraph(tp.DependencyGraph):
+    """``tp.DependencyGraph`` whose group search is bounded (see the module docstring).
 
-    An index mapping that raises (Torch-Pruning's split/concat mappings with offsets it could
-    not infer) propagates, unless ``mark_unmappable``: then the op it leads to is marked
-    ``UNMAPPED``, added to the group with the unmapped indices and not passed (the caller
-    must skip such a group).
+    ``barriers``: nodes the walk does not pass (set by the caller after tracing);
+    ``deadline``: a :class:`Deadline` checked during the walk (None: no limit).
     """
-    if module not in graph.module2node:
-        raise ValueError(f'Module {module} is not in the dependency graph.')
-    if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
-        pruning_fn = function.prune_depthwise_conv_out_channels
-    idxs = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
-    if update_mapping:
-        update_index_mapping(graph, skip=barriers)
 
-    group = Group()
-    root_node = graph.module2node[module]
-    group.add_dep(Dependency(pruning_fn, pruning_fn, source=root_node, target=root_node), idxs)
-    seen = set()  # (target node, handler, indices) of every item in the group
-    visited = set()
-    stack = [(group[0].dep, idxs)]
-    steps = 0
-    while stack:
-        dep, idxs = stack.pop(-1)
-        node, fn = dep.target, dep.handler
-        visited.add(node)
-        steps += 1
-        if deadline is not None and steps % 64 == 0:
-            deadline.check(where)
-        if node in barriers and node is not root_node:
-            continue
-        for new_dep in node.dependencies:
-            if not new_dep.is_triggered_by(fn):
-                continue
-            new_idxs = idxs
-            try:
-                for mapping in new_dep.index_mapping:
-                    if mapping is not None:
-                        new_idxs = mapping(new_idxs)
-            except Exception:
-                if not mark_unmappable:
-                    raise
-                setattr(new_dep.target.module, UNMAPPED, True)
-                group.add_dep(new_dep, idxs)
-                continue
-            if len(new_idxs) == 0:
-                continue
-            key = (new_dep.target, new_dep.handler, tuple(new_idxs))
-            if new_dep.target in visited and key in seen:
-                continue
-            group.add_dep(new_dep, new_idxs)
-            seen.add(key)
-            stack.append((new_dep, new_idxs))
+    def __init__(self, deadline: Optional[Deadline] = None):
+        super().__init__()
+        self.barriers: Collection = frozenset()
+        self.deadline = deadline
 
-    # merge items on the same layer and handler, as Torch-Pruning's Group.add_and_merge does
-    # (concatenate, drop repeated indices; an item never merged keeps its list as it is)
-    order, lists, seen_idx = [], {}, {}
-    for n, (dep, idxs) in enumerate(group.items):
-        if deadline is not None and n % 256 == 255:
-            deadline.check(where)
-        if isinstance(dep.target.module, nn.Parameter) and any(
-                dep.target.module is p for p in graph.ignored_params):
-            continue
-        k = (dep.target, dep.handler)
-        if k not in lists:
-            order.append((k, dep))
-            lists[k] = list(idxs)
-            continue
-        if k not in seen_idx:
-            have, out = set(), []
-            for x in lists[k]:
+    def build_dependency(self, *args, **kwargs):
+        with tolerant_index_mapping():
+            return super().build_dependency(*args, **kwargs)
+
+    def get_pruning_group(self, module: nn.Module, pruning_fn: Callable, idxs: Sequence[int],
+                          where: Callable[[], str] = lambda: '?', update_mapping: bool = True,
+                          mark_unmappable: bool = False) -> Group:
+        """Upstream's ``get_pruning_group``, bounded. An index mapping that raises propagates,
+        unless ``mark_unmappable``: then the op it leads to is marked ``UNMAPPED``, added to the
+        group with the unmapped indices and not passed (the caller must skip such a group)."""
+        barriers, deadline = self.barriers, self.deadline
+        if module not in self.module2node:
+            raise ValueError(f'Module {module} is not in the dependency graph.')
+        if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
+            pruning_fn = function.prune_depthwise_conv_out_channels
+        idxs = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+        if update_mapping:
+            update_index_mapping(self, skip=barriers)
+
+        group = Group()
+        root_node = self.module2node[module]
+        group.add_dep(Dependency(pruning_fn, pruning_fn, source=root_node, target=root_node), idxs)
+        seen = set()  # (target node, handler, indices) of every item in the group
+        visited = set()
+        stack = [(group[0].dep, idxs)]
+        steps = 0
+        while stack:
+            dep, idxs = stack.pop(-1)
+            node, fn = dep.target, dep.handler
+            visited.add(node)
+            steps += 1
+            if deadline is not None and steps % 64 == 0:
+                deadline.check(where)
+            if node in barriers and node is not root_node:
+                continue
+            for new_dep in node.dependencies:
+                if not new_dep.is_triggered_by(fn):
+                    continue
+                new_idxs = idxs
+                try:
+                    for mapping in new_dep.index_mapping:
+                        if mapping is not None:
+                            new_idxs = mapping(new_idxs)
+                except Exception:
+                    if not mark_unmappable:
+                        raise
+                    setattr(new_dep.target.module, UNMAPPED, True)
+                    group.add_dep(new_dep, idxs)
+                    continue
+                if len(new_idxs) == 0:
+                    continue
+                key = (new_dep.target, new_dep.handler, tuple(new_idxs))
+                if new_dep.target in visited and key in seen:
+                    continue
+                group.add_dep(new_dep, new_idxs)
+                seen.add(key)
+                stack.append((new_dep, new_idxs))
+        return self._merged(group, where)
+
+    def _merged(self, group: Group, where: Callable[[], str]) -> Group:
+        """Items on the same layer and handler merged, as upstream's ``Group.add_and_merge`` does
+        (concatenated, repeated indices dropped; an item never merged keeps its list as it is)."""
+        deadline = self.deadline
+        order, lists, seen_idx = [], {}, {}
+        for n, (dep, idxs) in enumerate(group.items):
+            if deadline is not None and n % 256 == 255:
+                deadline.check(where)
+            if isinstance(dep.target.module, nn.Parameter) and any(
+                    dep.target.module is p for p in self.ignored_params):
+                continue
+            k = (dep.target, dep.handler)
+            if k not in lists:
+                order.append((k, dep))
+                lists[k] = list(idxs)
+                continue
+            if k not in seen_idx:
+                have, out = set(), []
+                for x in lists[k]:
+                    if x.idx not in have:
+                        out.append(x)
+                        have.add(x.idx)
+                lists[k], seen_idx[k] = out, have
+            have = seen_idx[k]
+            for x in idxs:
                 if x.idx not in have:
-                    out.append(x)
+                    lists[k].append(x)
                     have.add(x.idx)
-            lists[k], seen_idx[k] = out, have
-        have = seen_idx[k]
-        for x in idxs:
-            if x.idx not in have:
-                lists[k].append(x)
-                have.add(x.idx)
-    merged = Group()
-    for k, dep in order:
-        merged.add_dep(dep, lists[k])
-    merged._DG = graph
-    for i in range(len(merged)):
-        hybrid = merged[i].idxs
-        item = _helpers.GroupItem(merged[i].dep, _helpers.to_plain_idxs(hybrid))
-        item.root_idxs = _helpers.to_root_idxs(hybrid)
-        merged[i] = item
-    return merged
+        merged = Group()
+        for k, dep in order:
+            merged.add_dep(dep, lists[k])
+        merged._DG = self
+        for i in range(len(merged)):
+            hybrid = merged[i].idxs
+            item = _helpers.GroupItem(merged[i].dep, _helpers.to_plain_idxs(hybrid))
+            item.root_idxs = _helpers.to_root_idxs(hybrid)
+            merged[i] = item
+        return merged
 
-
-def all_groups(graph: tp.DependencyGraph, ignored_layers: Sequence = (), root_module_types=(),
-               barriers: Collection = (), deadline: Optional[Deadline] = None,
-               names: Optional[dict] = None) -> Iterator[Group]:
-    """``graph.get_all_groups(ignored_layers, root_module_types)``, bounded."""
-    ignored = {id(m) for m in list(ignored_layers) + list(graph.IGNORED_LAYERS_IN_TRACING)}
-    visited_layers = set()
-    names = names or {}
-    update_index_mapping(graph)
-    for m in list(graph.module2node.keys()):
-        if id(m) in ignored or not isinstance(m, tuple(root_module_types)) or id(m) in visited_layers:
-            continue
-        pruner = graph.get_pruner_of_module(m)
-        if pruner is None or pruner.get_out_channels(m) is None:
-            continue
-        if deadline is not None:
-            deadline.check(lambda: f'before the group rooted at {names.get(m, type(m).__name__)}')
-        n = pruner.get_out_channels(m)
-        group = pruning_group(graph, m, pruner.prune_out_channels, list(range(n)), barriers, deadline,
-                              lambda: f'in the group rooted at {names.get(m, type(m).__name__)}',
-                              update_mapping=False, mark_unmappable=True)
-        prunable = True
-        for dep, _ in group:
-            if graph.is_out_channel_pruning_fn(dep.handler):
-                visited_layers.add(id(dep.target.module))
-                if id(dep.target.module) in ignored:
-                    prunable = False
-        if prunable:
-            yield group
+    def get_all_groups(self, ignored_layers: Sequence = (), root_module_types=(),
+                       names: Optional[dict] = None) -> Iterator[Group]:
+        """Upstream's ``get_all_groups``, bounded; ``names`` (module -> name) for the messages."""
+        ignored = {id(m) for m in list(ignored_layers) + list(self.IGNORED_LAYERS_IN_TRACING)}
+        visited_layers = set()
+        names = names or {}
+        update_index_mapping(self)
+        for m in list(self.module2node.keys()):
+            if id(m) in ignored or not isinstance(m, tuple(root_module_types)) or id(m) in visited_layers:
+                continue
+            pruner = self.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            if self.deadline is not None:
+                self.deadline.check(lambda: f'before the group rooted at {names.get(m, type(m).__name__)}')
+            n = pruner.get_out_channels(m)
+            group = self.get_pruning_group(m, pruner.prune_out_channels, list(range(n)),
+                                           lambda: f'in the group rooted at {names.get(m, type(m).__name__)}',
+                                           update_mapping=False, mark_unmappable=True)
+            prunable = True
+            for dep, _ in group:
+                if self.is_out_channel_pruning_fn(dep.handler):
+                    visited_layers.add(id(dep.target.module))
+                    if id(dep.target.module) in ignored:
+                        prunable = False
+            if prunable:
+                yield group

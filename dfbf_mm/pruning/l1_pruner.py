@@ -24,10 +24,11 @@ from ..registry import PRUNERS
 from ..utils import first_line
 from .channel_groups import ChannelGroup, check_outputs, run_backbone, trace_channel_groups
 from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_shapes
-from .group_search import TraceTimeLimitError, pruning_group
+from .group_search import TraceTimeLimitError
+from .importance import filter_scores, group_scores
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)
-from .target import (RANKINGS, THETA_MAX, CostModel, bracket, check_target, global_ratios, group_scores,
+from .target import (RANKINGS, THETA_MAX, CostModel, bracket, check_target, global_ratios,
                      solve)
 
 LATENCY_RUNS = 5      # timed forwards per latency measurement of a candidate
@@ -185,8 +186,7 @@ class L1FilterPruner:
         decides with the group norm how many channels each group loses; which ones is decided
         by this score under either ranking (the group norm can put every removed channel into
         one input slice of a concat, emptying the layer behind it: CSPNeXt)."""
-        w = group.root.weight.detach()
-        return w.flatten(1).float().norm(p=self.norm, dim=1)
+        return filter_scores(group, self.norm)
 
     def pruned_indices(self, group: ChannelGroup, keep: int) -> List[int]:
         """Channels to remove: lowest scores; same positions in every chunk for grouped convs."""
@@ -242,8 +242,9 @@ class L1FilterPruner:
                 continue
             try:
                 handler = group.group[0].dep.handler
-                pruning_group(trace.graph, group.root, handler, idxs, trace.barriers, trace.deadline,
-                              lambda: f'removing channels of the group rooted at {group.root_name}').prune()
+                trace.graph.get_pruning_group(
+                    group.root, handler, idxs,
+                    where=lambda: f'removing channels of the group rooted at {group.root_name}').prune()
                 if check_each:
                     shapes = check_outputs(run_backbone(work, example_inputs))
                     if shapes != ref_shapes:

@@ -167,23 +167,6 @@ class CostModel:
         return macs, params
 
 
-def group_scores(group, norm: int) -> torch.Tensor:
-    """Normalised group Lp norm of each channel of ``group`` (a ChannelGroup): the mean over the
-    group's layers of each channel's filter / input-slice / BN weight norm
-    (``tp.importance.GroupMagnitudeImportance(p, 'mean', 'mean')``), divided by its mean over the
-    group, so groups of different layers compare; the root filter norm where Torch-Pruning gives
-    no score."""
-    imp = tp.importance.GroupMagnitudeImportance(p=norm, group_reduction='mean', normalizer='mean')
-    try:
-        scores = imp(group.group)
-    except Exception:  # noqa: BLE001 -- an item Torch-Pruning cannot score: root filters only
-        scores = None
-    if scores is None or scores.numel() != group.width or not torch.isfinite(scores).all():
-        w = group.root.weight.detach().flatten(1).float().abs().pow(norm).sum(1)
-        scores = w / w.mean().clamp_min(1e-12)
-    return scores.detach().float().cpu()
-
-
 def global_ratios(scores: Sequence[torch.Tensor], divisors: Sequence[int], theta: float,
                   max_ratio: float) -> List[float]:
     """Removal ratio per group when the ``theta`` fraction of all channels with the lowest
