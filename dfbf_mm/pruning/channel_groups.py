@@ -23,6 +23,7 @@ from torch_pruning import ops as tp_ops
 
 from ..utils import eval_mode, first_line, output_tensors
 from .group_search import UNMAPPED, BoundedDependencyGraph, Deadline, is_permuting_op
+from .layer_pruners import conv_like_pruners, traceable_outputs
 
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
 # into heads, sliced, expanded): groups through them are skipped, not pruned. They and the
@@ -244,10 +245,12 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     for p in backbone.parameters():
         p.requires_grad_(True)
     was_training = backbone.training
+    custom = conv_like_pruners(backbone, example_inputs)  # TridentConv, ConvAWS2d: see layer_pruners
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), traceable_outputs(backbone, custom):
             graph = BoundedDependencyGraph(deadline).build_dependency(
-                wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False)
+                wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False,
+                customized_pruners=custom)
     except Exception as e:
         raise ValueError(f'backbone: Torch-Pruning cannot trace {type(backbone).__name__} '
                          f'({type(e).__name__}: {first_line(e, 160)})') from None
@@ -272,7 +275,8 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 and node not in linear_flatten}
     graph.barriers = barriers
     result = TraceResult(graph, wrapper, [], [], out_shapes)
-    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES, names=names):
+    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES + tuple(custom),
+                                      names=names):
         root = group[0].dep.target.module
         root_name = names.get(root, '?')
         touched, out_touched, reason, via_flatten = [], [], None, False

@@ -22,7 +22,7 @@ from mmengine.logging import print_log
 
 from ..registry import PRUNERS
 from ..utils import first_line
-from .channel_groups import ChannelGroup, check_outputs, run_backbone, trace_channel_groups
+from .channel_groups import ChannelGroup, check_outputs, flatten_outputs, run_backbone, trace_channel_groups
 from .channel_spec import apply_channel_spec, extract_channel_spec, snapshot_shapes
 from .group_search import TraceTimeLimitError
 from .importance import filter_scores, group_scores
@@ -362,6 +362,10 @@ class L1FilterPruner:
         device = next(backbone.parameters()).device
         example_inputs = example_inputs.to(device)
         ref_out = run_backbone(backbone, example_inputs)
+        if len(example_inputs) == 1 and any(t.dim() == 1 for t in flatten_outputs(ref_out)):
+            # a batch of one squeezed away (LeNet5's ``classifier(x.squeeze())``): trace two
+            example_inputs = example_inputs.expand(2, *example_inputs.shape[1:]).clone()
+            ref_out = run_backbone(backbone, example_inputs)
         ref_shapes = check_outputs(ref_out)
         before = snapshot_shapes(backbone)
         flags = {n: p.requires_grad for n, p in backbone.named_parameters()}
