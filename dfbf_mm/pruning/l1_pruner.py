@@ -51,6 +51,22 @@ class GroupBreaksError(ValueError):
         self.root, self.reason = root, reason
 
 
+def _tensors(m: nn.Module) -> dict:
+    return {**dict(m.named_parameters()), **dict(m.named_buffers())}
+
+
+def _copy_tensors(src: nn.Module, dst: nn.Module) -> None:
+    """Every parameter and buffer of ``src`` into ``dst`` (same names and shapes), by name rather
+    than through ``state_dict()``: a state-dict hook may leave keys out (SwinTransformerV2 drops
+    its relative-position buffers, which a strict ``load_state_dict`` then reports missing)."""
+    have, want = _tensors(src), _tensors(dst)
+    if have.keys() != want.keys():
+        raise RuntimeError(f'pruned copy and backbone differ in tensors: {sorted(have.keys() ^ want.keys())[:3]}')
+    with torch.no_grad():
+        for name, t in want.items():
+            t.copy_(have[name])
+
+
 @PRUNERS.register_module()
 class L1FilterPruner:
     """Prune every dependency group that does not reach a backbone output.
@@ -399,7 +415,7 @@ class L1FilterPruner:
         spec = extract_channel_spec(work, before)
         spec['backbone'] = type(backbone).__name__
         apply_channel_spec(backbone, spec)
-        backbone.load_state_dict(work.state_dict(), strict=True)
+        _copy_tensors(work, backbone)
         for n, p in backbone.named_parameters():
             p.requires_grad_(flags.get(n, True))
         self.report = dict(
