@@ -120,3 +120,44 @@ def test_repvgg_prunes_in_deploy_form():
     L1FilterPruner(0.5).prune(model.backbone, x)
     assert sum(p.numel() for p in model.backbone.parameters()) < 0.5 * params
     assert not reparameterize(model, cfg)  # already fused
+
+
+def test_repvgg_through_the_runner_prunes_the_fused_form_and_exports_deploy(tmp_path):
+    """tools/train.py on a RepVGG config: the teacher keeps its training form (DeepInversion needs
+    its BN layers), the student is the fused form pruned, and the export config says deploy=True
+    so the stock registry rebuilds it and loads the checkpoint strictly."""
+    import torch
+    from mmengine.config import Config
+
+    from dfbf_mm.engine import DataFreeDistillRunner
+    from dfbf_mm.stock_model import build_stock_model
+    from test_walking_skeleton import STOCK_CFG
+    stock = STOCK_CFG.format(data='unused').replace(
+        "backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16, base_channels=16)",
+        "backbone=dict(type='RepVGG', arch='A0', out_indices=(3,))").replace('in_channels=128', 'in_channels=1280')
+    teacher = build_stock_model(Config.fromstring(stock, '.py'))
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 't.pth')
+    cfg = Config.fromstring(stock + f"""
+runner_type = 'DataFreeDistillRunner'
+val_dataloader = val_evaluator = val_cfg = test_dataloader = test_evaluator = test_cfg = None
+dfbf = dict(teacher_checkpoint='{tmp_path / 't.pth'}', pruner=dict(type='L1FilterPruner', sparsity=0.5),
+            synthesizer=dict(type='DeepInversionSynthesizer', preset='classification', iterations=2),
+            synthetic_data=dict(num_images=2, batch_size=2, image_size=(32, 32), seed=0),
+            schedule=dict(epochs=1, lr=0.01), export=dict(profile=False))
+""", '.py')
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = DataFreeDistillRunner.from_cfg(cfg)
+    runner.train()
+    model = runner.model
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.teacher.backbone.modules())
+    assert not model.teacher.backbone.deploy and model.student.backbone.deploy
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(model.student.backbone) < 0.6 * n(model.teacher.backbone)
+    deploy = Config.fromfile(str(tmp_path / 'work' / 'export' / 'pruned.py'))
+    assert deploy.model.backbone.backbone.deploy is True
+    rebuilt = build_stock_model(deploy)
+    state = torch.load(str(tmp_path / 'work' / 'export' / 'pruned.pth'), map_location='cpu', weights_only=False)
+    rebuilt.load_state_dict(state['state_dict'], strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    rebuilt.eval(), model.student.eval()
+    assert torch.allclose(rebuilt(x, mode='tensor'), model.student(x, mode='tensor'), atol=1e-5)

@@ -17,7 +17,8 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint, find_latest_checkpoint
 
 from ..config_utils import plain
-from ..registry import SYNTHESIZERS
+from ..pruning import deploy_backbone_cfg
+from ..registry import MODELS, SYNTHESIZERS
 from ..schema import build_checked, read_dfbf
 from ..stock_model import TASK_OF_SCOPE, config_scope, enter_scope, stock_model_cfg
 from ..synthesis.inversion_target import check_synthesis_sizes
@@ -74,6 +75,14 @@ def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
         dataset=dataset)
 
 
+def _backbone_class(model_cfg: dict, scope: str):
+    """The class of ``model_cfg['backbone']`` (a type name resolves in ``scope``), or None."""
+    kind = (model_cfg.get('backbone') or {}).get('type')
+    if isinstance(kind, str):
+        return MODELS.get(kind if '.' in kind else f'{scope}.{kind}')
+    return kind if isinstance(kind, type) else None
+
+
 def to_runner_config(cfg: Config) -> Config:
     """The Runner config of a dfbf experiment (see module docstring)."""
     cfg = copy.deepcopy(cfg)
@@ -82,12 +91,14 @@ def to_runner_config(cfg: Config) -> Config:
     cfg.dfbf_stock = {k: plain(cfg[k]) for k in STOCK_TRAINING_KEYS if k in cfg}
     cfg.dfbf_stock['model'] = stock_model_cfg(cfg)
     scope = config_scope(cfg)
+    enter_scope(scope)
+    # RepVGG & co: the student is the fused form (pruning.build_student), which the export rebuilds
+    deploy_backbone_cfg(cfg.dfbf_stock['model'], _backbone_class(cfg.dfbf_stock['model'], scope))
     task = TASK_OF_SCOPE[scope]
     data, schedule = dfbf['synthetic_data'], dfbf['schedule']
     work_dir = cfg.get('work_dir') or osp.join('work_dirs', 'dfbf')
 
     if dfbf['train_data'] == 'synthetic':  # fail now, not after loading and pruning
-        enter_scope(scope)
         synthesizer = build_checked(SYNTHESIZERS, dfbf['synthesizer'], 'dfbf.synthesizer')
         check_synthesis_sizes(stock_model_cfg(cfg), task, synthesizer, data['image_size'],
                               data['invert'])

@@ -5,11 +5,11 @@ from .channel_spec import (apply_channel_spec, extract_channel_spec, load_channe
 from .l1_pruner import L1FilterPruner
 from .pruned_backbone import PrunedBackbone
 from .ratios import check_sparsity, kept_channels, layer_dependent_ratio
-from .reparam import is_reparameterizable, reparameterize
+from .reparam import deploy_backbone_cfg, is_reparameterizable, reparameterize
 from .student import build_student
 
 __all__ = ['ChannelGroup', 'TraceResult', 'flatten_outputs', 'trace_channel_groups',
            'apply_channel_spec', 'extract_channel_spec', 'load_channel_spec', 'save_channel_spec',
            'snapshot_shapes', 'sub_spec', 'L1FilterPruner', 'PrunedBackbone', 'check_sparsity',
-           'kept_channels', 'layer_dependent_ratio', 'is_reparameterizable', 'reparameterize',
+           'kept_channels', 'layer_dependent_ratio', 'deploy_backbone_cfg', 'is_reparameterizable', 'reparameterize',
            'build_student']

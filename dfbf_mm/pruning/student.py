@@ -8,14 +8,17 @@ from torch import nn
 from ..registry import PRUNERS
 from ..stock_model import get_backbone
 from .channel_spec import apply_channel_spec
+from .reparam import fuse_backbone
 
 
 def build_student(teacher: nn.Module, example: torch.Tensor, pruner: Union[dict, object, None] = None,
                   channel_spec: Optional[dict] = None) -> Tuple[nn.Module, dict]:
     """``(student, channel_spec)``: a copy of ``teacher`` whose backbone is pruned by ``pruner``
     (a ``PRUNERS`` config or a pruner) on ``example``, or shrunk to ``channel_spec`` (a resumed
-    run: the weights then come from its checkpoint). The teacher is left unchanged."""
+    run: the weights then come from its checkpoint). The teacher is left unchanged. A
+    re-parameterisable backbone (RepVGG, MobileOne) is fused first: the student is its deploy form."""
     student = copy.deepcopy(teacher)
+    fuse_backbone(student)
     backbone = get_backbone(student, 'model')
     if channel_spec is not None:
         apply_channel_spec(backbone, channel_spec)
