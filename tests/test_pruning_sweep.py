@@ -161,3 +161,56 @@ dfbf = dict(teacher_checkpoint='{tmp_path / 't.pth'}', pruner=dict(type='L1Filte
     x = torch.randn(2, 3, 32, 32)
     rebuilt.eval(), model.student.eval()
     assert torch.allclose(rebuilt(x, mode='tensor'), model.student(x, mode='tensor'), atol=1e-5)
+
+
+def test_pose_lifters_get_keypoint_sequences():
+    """TCN and DSTFormer lift 2-D keypoints: the sweep feeds them the sequence their stock config's
+    model takes (not an image), and both prune on it with output shapes intact."""
+    import copy
+
+    import torch
+
+    from dfbf_mm.pruning import L1FilterPruner
+    from dfbf_mm.registry import MODELS
+
+    from backbones import build, outs  # tests/backbones.py
+    root = backbone_sweep.configs_root('mmpose')
+    shapes = {}
+    for name, path in (('TCN', 'image_pose_lift/h36m/image-pose-lift_tcn_8xb64-200e_h36m.py'),
+                       ('DSTFormer', 'motionbert/h36m/motionbert_dstformer-243frm_8xb32-240e_h36m.py')):
+        shapes[name] = backbone_sweep.sequence_input(
+            backbone_sweep.load_stock_config(osp.join(root, 'body_3d_keypoint', path)))
+    assert shapes == {'TCN': (34, 1), 'DSTFormer': (243, 17, 3)}  # (C, T) and (T, K, C)
+    image = backbone_sweep.load_stock_config(osp.join(backbone_sweep.configs_root('mmpretrain'),
+                                                      'lenet', 'lenet5_mnist.py'))
+    assert backbone_sweep.sequence_input(image) is None
+    for cfg, x in ((dict(type='TCN', in_channels=34, stem_channels=64, num_blocks=2, kernel_sizes=(3, 3, 3)),
+                    torch.randn(1, 34, 27)),
+                   (dict(type='DSTFormer', in_channels=3, feat_size=32, depth=1, num_heads=2, mlp_ratio=2,
+                         seq_len=4), torch.randn(1, 4, 17, 3))):
+        stock = build('mmpose', cfg)
+        net = copy.deepcopy(stock)
+        spec = L1FilterPruner(sparsity=0.5).prune(net, x)
+        assert sum(p.numel() for p in net.parameters()) <= 0.9 * sum(p.numel() for p in stock.parameters())
+        assert [o.shape for o in outs(net, x)] == [o.shape for o in outs(stock, x)]
+        rebuilt = MODELS.build(dict(type='PrunedBackbone', backbone=copy.deepcopy(cfg), channel_spec=spec))
+        rebuilt.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_spark_encoder_runs_dense_with_every_patch_visible():
+    """SparK's sparse encoder reads its mask from a global only SparK's loss sets; under the sweep's
+    all-visible mask (sized per forward, any batch) it computes what the dense ResNet does."""
+    import torch
+    from mmengine.config import Config
+
+    from backbones import build, outs  # tests/backbones.py
+    sparse = build('mmpretrain', dict(type='SparseResNet', depth=18, out_indices=(3,)))
+    dense = build('mmpretrain', dict(type='ResNet', depth=18, out_indices=(3,)))
+    dense.load_state_dict(sparse.state_dict(), strict=True)  # same keys: the layers were converted in place
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(AttributeError):  # no mask set: the stock forward outside SparK's loss
+        outs(sparse, x)
+    with backbone_sweep.spark_visible_mask(Config(dict(model=dict(type='SparK', downsample_raito=32)))):
+        got = outs(sparse, x)
+        assert outs(sparse, x[:1])[0].shape[0] == 1
+    assert torch.allclose(got[0], outs(dense, x)[0], atol=1e-5)

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn as nn
@@ -218,8 +219,11 @@ def _tensor_forward(model: nn.Module, scope: str, size, features: bool = False):
     """Shapes of the whole model's ``mode='tensor'`` outputs on a random batch (``features``: of
     ``extract_feat``, backbone + neck, for models whose tensor mode needs trained weights)."""
     model.eval()
+    batch = _batch(scope, size, channels=input_channels(model))
+    if type(model.data_preprocessor).__name__ == 'SelfSupDataPreprocessor':  # SparK: a collated batch
+        batch = dict(inputs=torch.stack(batch['inputs']), data_samples=None)
     with torch.no_grad():
-        data = model.data_preprocessor(_batch(scope, size, channels=input_channels(model)), False)
+        data = model.data_preprocessor(batch, False)
         out = model.extract_feat(data['inputs']) if features else \
             model(data['inputs'], data.get('data_samples'), mode='tensor')
     return [tuple(t.shape) for t in flatten_outputs(out)]
@@ -255,6 +259,104 @@ def _stage(row, name):
     row['stage'] = name
 
 
+def sequence_input(cfg):
+    """Shape (without the batch) of the keypoint-sequence input of a pose lifter (mmpose
+    ``PoseLifter``), None for image models: TCN convolves ``(C, T)`` (C = joints x 2 coordinates),
+    DSTFormer (MotionBERT) attends over ``(T, K, C)``; T: frames per sample of its dataset."""
+    if cfg.model.get('type') != 'PoseLifter':
+        return None
+    bb = cfg.model.backbone
+    data = (cfg.get('val_dataloader') or {}).get('dataset', {})
+    t = int(data.get('multiple_target') or data.get('seq_len') or 1)  # MotionBERT: 243-frame clips
+    if bb.type == 'TCN':
+        return (int(bb.in_channels), t)
+    if bb.type == 'DSTFormer':
+        k = cfg.model.head.decoder.get('num_keypoints', 17)
+        return (t, int(k), int(bb.in_channels))
+    raise ValueError(f'model.backbone: no sequence input known for a PoseLifter with a {bb.type}')
+
+
+@contextmanager
+def spark_visible_mask(cfg):
+    """SparK's sparse encoders (SparseResNet, SparseConvNeXt) read the mask of visible patches from
+    a global (``SparseHelper._cur_active``) that the SparK algorithm sets before each forward of
+    its pretraining loss; nothing sets it for any other call. Inside the block it is set before
+    every forward of such an encoder to *every patch visible*, sized from that forward's input:
+    the dense encoder a downstream model uses."""
+    if cfg.model.get('type') != 'SparK':
+        yield
+        return
+    from mmpretrain.models.utils.sparse_modules import SparseHelper
+    ratio = int(cfg.model.get('downsample_raito', 32))
+
+    def visible(module, args):
+        if hasattr(module, 'dense_model_to_sparse') and args and isinstance(args[0], torch.Tensor):
+            n, _, h, w = args[0].shape
+            SparseHelper._cur_active = torch.ones(n, 1, h // ratio, w // ratio, dtype=torch.bool,
+                                                  device=args[0].device)
+    handle = nn.modules.module.register_module_forward_pre_hook(visible)
+    try:
+        yield
+    finally:
+        handle.remove()
+        SparseHelper._cur_active = None
+
+
+def _sweep_sequence_model(row, cfg, teacher, shape, sparsity, trace_time_limit, tmp):
+    """The whole path of a keypoint-sequence model (no images: no synthesis, no distillation
+    step): prune its backbone, export, strict reload, tensor-mode forward of the whole model."""
+    from dfbf_mm.export import export_pruned_model
+    from dfbf_mm.stock_model import build_stock_model, load_weights
+    x = torch.randn(1, *shape)
+
+    def forward(model):
+        model.eval()
+        with torch.no_grad():
+            feats = [tuple(t.shape) for t in flatten_outputs(model.extract_feat(x))]
+            return feats, [tuple(t.shape) for t in flatten_outputs(model(x, None, mode='tensor'))]
+    teacher.backbone.eval()
+    macs0, params0 = _macs_params(teacher.backbone, x)
+    _stage(row, 'stock forward')
+    ref = forward(teacher)
+    _stage(row, 'prune')
+    pruner = SweepL1Pruner(sparsity=sparsity, trace_time_limit=trace_time_limit)
+    student = copy.deepcopy(teacher)
+    try:
+        spec = pruner.prune(student.backbone, x)
+    except ValueError as e:
+        row.update(status='refused', note=_one_line(e))
+        return row
+    _record_prune(row, student.backbone, pruner.report, x, macs0, params0)
+    row['note'] = '; '.join(n for n in (f'input: keypoint sequence {tuple(x.shape)}, no distillation step '
+                                        '(no images to synthesise)', row['note']) if n)
+    _stage(row, 'export')
+    paths = export_pruned_model(student, cfg, spec, osp.join(tmp, 'out'))
+    _stage(row, 'strict reload')
+    from mmengine.config import Config
+    deployed = build_stock_model(Config.fromfile(paths['config']))
+    load_weights(deployed, paths['checkpoint'], strict=True)
+    _stage(row, 'forward')
+    got = forward(deployed)
+    if got != ref:
+        raise RuntimeError(f'output shapes changed: {ref} -> {got}')
+    row.update(status='yes', stage='')
+    return row
+
+
+def _record_prune(row, backbone, rep, x, macs0, params0):
+    """Fill the pruning columns of ``row`` from the pruned ``backbone`` and its pruner report."""
+    backbone.eval()
+    macs1, params1 = _macs_params(backbone, x)
+    reasons = sorted({r for _, r in rep['skipped']})
+    modules = dict(backbone.named_modules())
+    ffn = [g for g in rep['groups'] if isinstance(modules.get(g['root']), nn.Linear)]
+    row.update(groups=f'{len(rep["groups"])} / {len(rep["skipped"])}',
+               params_cut=f'{100 * (1 - params1 / params0):.1f} %',
+               macs_cut=f'{100 * (1 - macs1 / macs0):.1f} %' if macs0 and macs1 else 'n/a',
+               ffn_pruned=str(len(ffn)),
+               note='; '.join(n for n in (row['note'], 'kept: ' + '; '.join(reasons) if reasons else '') if n))
+
+
 def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_limit: int = 600,
                 trace_time_limit: float = 300) -> dict:
     """Run one class through the whole path (see the module docstring); returns its row.
@@ -275,7 +377,7 @@ def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(time_limit)
     try:
-        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
             warnings.simplefilter('ignore')
             MessageHub.get_current_instance().update_info('iter', 0)
             _stage(row, 'build')
@@ -283,6 +385,11 @@ def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_
             enter_scope(scope)
             torch.manual_seed(0)
             teacher = build_stock_model(cfg)
+            seq = sequence_input(cfg)
+            if seq is not None:  # a pose lifter: keypoint sequences, not images
+                row['kind'] = backbone_kind(teacher.backbone)
+                return _sweep_sequence_model(row, cfg, teacher, seq, sparsity, trace_time_limit, tmp)
+            stack.enter_context(spark_visible_mask(cfg))
             deploy_form = reparameterize(teacher, cfg)  # RepVGG & co: prune the fused form
             size = input_size(cfg, scope)
             # the default distillation taps are norm layers; a fused backbone has none: distil its outputs
@@ -317,19 +424,8 @@ def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_
                     raise
                 row.update(status='refused', note=_one_line(e))
                 return row
-            tensor_note = row['note']
-            rep = SweepL1Pruner.last.report
             student = distiller.student
-            student.backbone.eval()
-            macs1, params1 = _macs_params(student.backbone, x)
-            reasons = sorted({r for _, r in rep['skipped']})
-            modules = dict(student.backbone.named_modules())
-            ffn = [g for g in rep['groups'] if isinstance(modules.get(g['root']), nn.Linear)]
-            row.update(groups=f'{len(rep["groups"])} / {len(rep["skipped"])}',
-                       params_cut=f'{100 * (1 - params1 / params0):.1f} %',
-                       macs_cut=f'{100 * (1 - macs1 / macs0):.1f} %' if macs0 and macs1 else 'n/a',
-                       ffn_pruned=str(len(ffn)),
-                       note='; '.join(n for n in (tensor_note, 'kept: ' + '; '.join(reasons) if reasons else '') if n))
+            _record_prune(row, student.backbone, SweepL1Pruner.last.report, x, macs0, params0)
             _stage(row, 'distill step')
             distiller.train()
             optim = build_optim_wrapper(distiller, dict(optimizer=dict(type='SGD', lr=1e-4)))
