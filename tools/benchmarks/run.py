@@ -2,7 +2,7 @@
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
-         dfbf+aug dfbf+mix real+aug] [--seed 0] [--quick] [--out work_dirs/benchmark] [--data data/digits]
+         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix] [--seed 0] [--quick] [--out work_dirs/benchmark] [--data data/digits]
 
 For every task (digits classification / detection / keypoints), sparsity, pruning rule
 (``uniform``: one L1 ratio; ``layer``: DFBF's width-dependent ratio) and method, it prunes the
@@ -16,7 +16,8 @@ committed teacher with ``DataFreeDistillRunner`` and measures on the test split:
   (similarity-preserving KD added) and ``dfbf+lop+sp``; ``dfbf+aug`` = DFBF on random augmented
   views of the synthetic images (``dfbf.views``: flip, random resized crop, brightness/contrast
   jitter; docs/augmented_views.md), ``dfbf+mix`` = the same plus CutMix between the images of a
-  batch, ``real+aug`` = the real-data bound with ``dfbf+aug``'s views;
+  batch, ``dfbf+cutmix`` = CutMix alone, ``dfbf+mixup`` = ``dfbf+aug`` plus mixup, ``real+aug`` /
+  ``real+mix`` = the real-data bound with ``dfbf+aug``'s / ``dfbf+mix``'s views;
 * backbone params, MACs and CPU latency (the ExportHook's profile rows), the synthesis wall
   time (once per task: all runs of a task share one synthetic cache) and the fine-tuning wall
   time (training epochs only; no validation, export or synthesis).
@@ -80,6 +81,12 @@ METHODS = {
     'dfbf+mix': dict(train_data='synthetic', views=dict(flip=0.5, crop=0.5, jitter=0.2,
                                                         mix='cutmix', mix_prob=0.5)),
     'real+aug': dict(train_data='real', views=dict(flip=0.5, crop=0.5, jitter=0.2)),
+    'dfbf+cutmix': dict(train_data='synthetic', views=dict(flip=0, crop=1, jitter=0,
+                                                           mix='cutmix', mix_prob=0.5)),
+    'dfbf+mixup': dict(train_data='synthetic', views=dict(flip=0.5, crop=0.5, jitter=0.2,
+                                                          mix='mixup', mix_prob=0.5)),
+    'real+mix': dict(train_data='real', views=dict(flip=0.5, crop=0.5, jitter=0.2,
+                                                   mix='cutmix', mix_prob=0.5)),
 }
 # Budgets: overrides of each task config's dfbf block. 'full' keeps every run to a few CPU
 # minutes (2 shared cores) after a one-off synthesis per task; 'quick' is a smoke run.
@@ -110,7 +117,8 @@ BUDGETS = {
 LATENCY_BATCH = 8
 COLORS = {'pruned': '0.6', 'dfbf': 'tab:blue', 'noise': 'tab:orange', 'real': 'tab:green',
           'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown',
-          'dfbf+aug': 'tab:cyan', 'dfbf+mix': 'tab:olive', 'real+aug': 'tab:pink'}
+          'dfbf+aug': 'tab:cyan', 'dfbf+mix': 'tab:olive', 'real+aug': 'tab:pink',
+          'dfbf+cutmix': 'gold', 'dfbf+mixup': 'navy', 'real+mix': 'magenta'}
 
 
 def parse_args(argv=None):
