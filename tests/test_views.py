@@ -94,3 +94,21 @@ def test_distiller_gives_teacher_and_student_the_same_view(tmp_path, monkeypatch
     teacher_in, student_in = seen[0], seen[1]
     assert teacher_in is student_in and not torch.allclose(teacher_in, x)
     assert torch.equal(seen[2], teacher_in)
+
+
+def test_seeds_report_lists_every_seed_and_the_mean(tmp_path):
+    import json
+    from tools.benchmarks.run import seeds_report
+    base = dict(task='det', rule='macs', sparsity=0.7, budget='full', macs=30.0, macs_teacher=100.0,
+                finetune_s=10.0)
+    for seed, metrics in enumerate([(40.0, 30.0, 45.0), (42.0, 31.0, 47.0)]):
+        d = tmp_path / f's{seed}'
+        d.mkdir()
+        rows = {f'full|det|macs|s0.7|{m}': dict(base, method=m, metric=v, seed=seed)
+                for m, v in zip(('dfbf+mix', 'dfbf', 'real'), metrics)}
+        rows['full|det|teacher'] = dict(metric=50.0)
+        (d / 'results.json').write_text(json.dumps(rows))
+    table = seeds_report([str(tmp_path / 's0'), str(tmp_path / 's1')])
+    row = next(line for line in table.splitlines() if '| dfbf+mix |' in line)
+    assert '| 40.00 (0), 42.00 (1) | 41.00 | 82.0 | -5.00 |' in row  # real mean 46.0
+    assert '| 70.0 % |' in row

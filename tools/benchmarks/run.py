@@ -136,6 +136,9 @@ def parse_args(argv=None):
     parser.add_argument('--data', default='data/digits', help='digits data (made if missing)')
     parser.add_argument('--report-only', action='store_true',
                         help='only rewrite results.md and the plot from results.json')
+    parser.add_argument('--seed-dirs', nargs='+', metavar='DIR',
+                        help='only print (and write to --out/seeds.md) the table of the runs of '
+                             'these --out dirs (one per --seed): each seed\'s metric and the mean')
     args = parser.parse_args(argv)
     for s in args.sparsities:
         if not 0 < s < 1:
@@ -494,6 +497,35 @@ def write_outputs(results, out, budget):
     return md, png
 
 
+def seeds_report(dirs, budget='full'):
+    """Markdown table over the results.json of several --out dirs (one per --seed): per
+    (task, rule, sparsity, method) every seed's metric, the mean, % of the teacher and the mean's
+    gap to the mean of the `real` rows of the same setting."""
+    runs, teachers = {}, {}
+    for d in dirs:
+        for k, r in load_results(osp.join(d, 'results.json')).items():
+            if k == f'{budget}|{k.split("|")[1]}|teacher':
+                teachers.setdefault(k.split('|')[1], r['metric'])
+            elif 'method' in r and r.get('budget') == budget:
+                runs.setdefault((r['task'], r['rule'], r['sparsity'], r['method']), []).append(r)
+    mean = lambda rs: sum(r['metric'] for r in rs) / len(rs)  # noqa: E731
+    lines = ['| task | rule | sparsity | backbone MACs cut | method | metric (seed) | mean | '
+             '% teacher | vs real | fine-tune s |', '|' + '---|' * 10]
+    order = list(METHODS)
+    for key in sorted(runs, key=lambda k: (list(TASKS).index(k[0]), k[1], k[2], order.index(k[3]))):
+        rs = sorted(runs[key], key=lambda r: r.get('seed') or 0)
+        task, rule, s, method = key
+        real = runs.get((task, rule, s, 'real'))
+        t = teachers.get(task)
+        lines.append('| ' + ' | '.join([
+            task, rule, f'{s:g}', f'{100 * (1 - rs[0]["macs"] / rs[0]["macs_teacher"]):.1f} %', method,
+            ', '.join(f'{r["metric"]:.2f} ({r.get("seed") or 0})' for r in rs), f'{mean(rs):.2f}',
+            f'{100 * mean(rs) / t:.1f}' if t else '',
+            f'{mean(rs) - mean(real):+.2f}' if real and not method.startswith('real') else '',
+            ', '.join(f'{r["finetune_s"]:.0f}' for r in rs)]) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def ensure_data(root):
     if all(osp.exists(osp.join(root, t)) for t in ('cls', 'det', 'pose')):
         return
@@ -508,6 +540,12 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     results_path = osp.join(args.out, 'results.json')
     failed = []
+    if args.seed_dirs:
+        table = seeds_report(args.seed_dirs, budget)
+        with open(osp.join(args.out, 'seeds.md'), 'w') as f:
+            f.write(table)
+        print(table)
+        return
     if args.report_only:
         results = load_results(results_path)
     else:
