@@ -52,11 +52,10 @@ def random_double(m):
     return m
 
 
-def traced(backbone, x, deadline=None, graph_cls=BoundedDependencyGraph):
+def traced(backbone, x, graph_cls=BoundedDependencyGraph):
     wrapper = SentinelWrapper(backbone, outs(backbone, x), x.shape[1])
     with torch.enable_grad():
-        graph = BoundedDependencyGraph(deadline) if graph_cls is BoundedDependencyGraph else graph_cls()
-        return graph.build_dependency(
+        return graph_cls().build_dependency(
             wrapper, example_inputs=[x.clone().requires_grad_(True)], verbose=False), wrapper
 
 
@@ -156,8 +155,9 @@ def test_run_away_search_stops_at_the_time_limit():
     # Without barriers, Torch-Pruning's walk around ShuffleNetV2's chunk/concat/shuffle loops
     # does not finish in minutes; the deadline must end it.
     backbone = build('mmpretrain', dict(type='ShuffleNetV2', widen_factor=0.5))
-    graph, wrapper = traced(backbone, torch.randn(1, 3, 64, 64), Deadline(0.5, 'ShuffleNetV2'))
+    graph, wrapper = traced(backbone, torch.randn(1, 3, 64, 64))
     names = {m: n for n, m in wrapper.named_modules()}
+    graph.deadline = Deadline(0.5, 'ShuffleNetV2')  # started after tracing: the search alone is timed
     start = time.perf_counter()
     with pytest.raises(TraceTimeLimitError, match=r'^backbone: ShuffleNetV2: the Torch-Pruning dependency '
                                                   r'search exceeded trace_time_limit=0.5 s \(in the group rooted at '):
