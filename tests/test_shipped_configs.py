@@ -48,8 +48,11 @@ def data_root(tmp_path_factory):
 def tiny_budget(cfg: Config, teacher: str) -> list:
     """``--cfg-options`` that shrink the budget of ``cfg`` and nothing else."""
     synth = cfg.dfbf.synthesizer
-    preset = get_preset(synth.get('preset', 'classification'))
-    steps = [f'dfbf.synthesizer.{k}=1' for k in PHASE_KEYS if synth.get(k, preset[k]) > 0]
+    if synth.type == 'GeneratorSynthesizer':
+        steps = ['dfbf.synthesizer.first_steps=1', 'dfbf.synthesizer.steps=1']
+    else:
+        preset = get_preset(synth.get('preset', 'classification'))
+        steps = [f'dfbf.synthesizer.{k}=1' for k in PHASE_KEYS if synth.get(k, preset[k]) > 0]
     # a random two-stage teacher scores every class ~1/81, under the stock 0.05 threshold: keep
     # its boxes so the evaluator has detections to score
     random_teacher = ['model.test_cfg.rcnn.score_thr=0.0'] if 'rcnn' in (cfg.model.get('test_cfg') or {}) else []

@@ -13,7 +13,9 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
 * ``gen``: ``GeneratorSynthesizer`` with the task's preset, as many images as ``di``;
 * ``gen_wall``: the generator given ``di``'s synthesis wall time (measured in this run): more
   images, epochs cut so the fine-tuning iterations stay the same;
-* ``real``: the real train split (upper bound), same iterations.
+* ``real``: the real train split (upper bound), same iterations;
+* ``<method>+mix``: the same images fine-tuned on random augmented views with CutMix between
+  them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md).
 
 Synthesis runs once per (task, method) and is timed in this process; teacher passes per image
 come from the cached batches (``SyntheticImageDataset.stats``: whole run, a stream's warm-up
@@ -34,7 +36,13 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
-METHODS = ('di', 'gen', 'gen_wall', 'real')
+BASE_METHODS = ('di', 'gen', 'gen_wall', 'real')
+METHODS = BASE_METHODS + tuple(f'{m}+mix' for m in BASE_METHODS)
+
+
+def base_method(method):
+    """The method whose images a row trains on (``gen+mix`` -> ``gen``)."""
+    return method.split('+')[0]
 
 
 def parse_args(argv=None):
@@ -62,7 +70,8 @@ def parse_args(argv=None):
 
 
 def base_config(task, args, sparsity, method, work_dir):
-    return bench.task_config(task, args, 'uniform', sparsity, 'real' if method == 'real' else 'dfbf',
+    kind = 'real' if base_method(method) == 'real' else 'dfbf'
+    return bench.task_config(task, args, 'uniform', sparsity, kind + ('+mix' if method.endswith('+mix') else ''),
                              work_dir)
 
 
@@ -112,8 +121,8 @@ def finetune(task, method, sparsity, seed, args, results, log):
     work_dir = osp.join(args.out, 'runs', task, f's{sparsity:g}_{method}_seed{seed}')
     cfg = base_config(task, args, sparsity, method, work_dir)
     budget = cfg.dfbf['synthetic_data']['num_images'] * cfg.dfbf['schedule']['epochs']
-    if method != 'real':
-        synth = results[f'{task}|synthesis|{method}']
+    if base_method(method) != 'real':
+        synth = results[f'{task}|synthesis|{base_method(method)}']
         cfg.dfbf['synthesizer'] = synth['synthesizer']
         cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
                                           cache_dir=osp.join(args.out, 'cache', task))
@@ -125,6 +134,8 @@ def finetune(task, method, sparsity, seed, args, results, log):
                      lr_steps=[max(1, round(s * scale)) for s in sched.get('lr_steps', [])])
     cfg.dfbf['export'] = dict(profile=False)
     cfg.randomness = dict(seed=seed)
+    if cfg.dfbf.get('views'):
+        cfg.dfbf['views']['seed'] = seed
     runner = DataFreeDistillRunner.from_cfg(cfg)
     runner.model._is_init = True  # see run.measure_run
     hook = bench.make_bench_hook()
@@ -144,10 +155,11 @@ def table(results, args):
              'metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 10]
     names = dict(di='DeepInversion (task config, `fast`-based)', gen='generator, same images',
                  gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)')
+    names.update({f'{m}+mix': f'{names[m]}, views + CutMix' for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')
         for s in args.sparsity.get(task, []):
-            real = [results[k]['metric'] for k in results if k.startswith(f'{task}|s{s:g}|real|')]
+            real = [results[k]['metric'] for k in results if k.startswith(f'{task}|s{s:g}|real|')]  # plain views
             real_mean = sum(real) / len(real) if real else None
             for m in args.methods:
                 runs = [results[f'{task}|s{s:g}|{m}|seed{seed}'] for seed in args.seeds
@@ -155,14 +167,14 @@ def table(results, args):
                 if not runs:
                     continue
                 mean = sum(r['metric'] for r in runs) / len(runs)
-                synth = results.get(f'{task}|synthesis|{m}', {})
+                synth = results.get(f'{task}|synthesis|{base_method(m)}', {})
                 lines.append('| ' + ' | '.join([
                     task, f'{s:g}', names[m], str(synth.get('num_images', '')),
                     f"{synth['teacher_passes_per_image']:.1f}" if synth else '',
                     f"{synth['wall_s']:.0f}" if synth else '',
                     ', '.join(f"{r['metric']:.2f}" for r in runs), f'{mean:.2f}',
                     f'{100 * mean / teacher:.1f}' if teacher else '',
-                    f'{mean - real_mean:+.2f}' if real_mean is not None and m != 'real' else '']) + ' |')
+                    f'{mean - real_mean:+.2f}' if real_mean is not None and base_method(m) != 'real' else '']) + ' |')
     return '\n'.join(lines)
 
 
@@ -182,11 +194,11 @@ def main(argv=None):
             results[f'{task}|teacher'] = bench.measure_teacher(task, args)
             bench.save_results(results, path)
         for m in args.methods:
-            if m != 'real':
-                if m == 'gen_wall':
+            if base_method(m) != 'real':
+                if base_method(m) == 'gen_wall':
                     for need in ('di', 'gen'):
                         synthesis(task, need, args, results, log)
-                synthesis(task, m, args, results, log)
+                synthesis(task, base_method(m), args, results, log)
                 bench.save_results(results, path)
             for s in args.sparsity.get(task, []):
                 for seed in args.seeds:
