@@ -142,12 +142,29 @@ def test_split_whose_outputs_torch_pruning_lists_out_of_order_is_not_pruned():
         torch.set_default_dtype(torch.float32)
 
 
-def test_shufflenet_v1_is_refused_in_one_line_naming_the_shuffle():
-    backbone = build('mmpretrain', dict(type='ShuffleNetV1', widen_factor=0.5))
+class _ShuffleAfter(nn.Module):
+    """A channel shuffle (G=3) the pruner must not cross: its input is a concat of two convs
+    (each group holds part of the shuffled channels), or its output is also a residual."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
+        self.c = nn.Conv2d(12 if kind == 'concat' else 6, 12 if kind == 'concat' else 6, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1) if self.kind == 'concat' else self.a(x)
+        n, c, h, w = y.shape
+        z = y.view(n, 3, c // 3, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.c(z) + (z if self.kind == 'residual' else 0)
+
+
+@pytest.mark.parametrize('kind', ['concat', 'residual'])
+def test_shuffle_that_cannot_be_crossed_is_refused_in_one_line(kind):
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r'^backbone: ShuffleNetV1 has no prunable channel group; '
+    with pytest.raises(ValueError, match=r'^backbone: _ShuffleAfter has no prunable channel group; '
                                          r'.*passes a channel shuffle') as e:
-        L1FilterPruner(sparsity=0.5, trace_time_limit=30).prune(backbone, torch.randn(1, 3, 64, 64))
+        L1FilterPruner(sparsity=0.5, trace_time_limit=30).prune(_ShuffleAfter(kind).eval(), torch.randn(1, 3, 8, 8))
     assert '\n' not in str(e.value) and time.perf_counter() - start < 30
 
 

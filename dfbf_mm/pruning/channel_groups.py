@@ -12,6 +12,9 @@ Torch-Pruning. The group search itself is :mod:`.group_search` (Torch-Pruning's,
 those constructs and bounded by a time limit). One reshape is trusted: the flatten ``F.linear``
 does in front of an N-D input, and only in groups whose layers are all Linears (the hidden
 units of a transformer FFN: fc1 rows, fc2 columns; attention and the residual stream stay).
+One shuffle is crossed: a group that ends at a channel shuffle from its input side, with all
+the shuffle's channels, is pruned together with the group behind the shuffle, the indices
+mapped through it (:mod:`.shuffle`, ShuffleNetV1).
 """
 import math
 from dataclasses import dataclass, field
@@ -22,8 +25,9 @@ import torch.nn as nn
 from torch_pruning import ops as tp_ops
 
 from ..utils import eval_mode, first_line, output_tensors
-from .group_search import UNMAPPED, BoundedDependencyGraph, Deadline, is_permuting_op
+from .group_search import UNMAPPED, BoundedDependencyGraph, Deadline, TraceTimeLimitError, is_permuting_op
 from .layer_pruners import conv_like_pruners, traceable_outputs
+from .shuffle import ShuffleCoupling, chain_nodes, shuffle_chain, unsupported_behind
 
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
 # into heads, sliced, expanded): groups through them are skipped, not pruned. They and the
@@ -86,6 +90,13 @@ class ChannelGroup:
     module_names: List[str]          # every backbone module touched by the group
     out_names: List[str]             # modules whose output channels/features the group removes
     divisor: int = 1                 # grouped convs: remove the same positions in each of `divisor` chunks
+    shuffle: Optional[ShuffleCoupling] = None  # the channels end at a channel shuffle: the group behind it
+
+    def items(self):
+        """Every Torch-Pruning item the group prunes (both sides of a channel shuffle)."""
+        yield from self.group
+        if self.shuffle is not None:
+            yield from self.shuffle.group
 
 
 @dataclass
@@ -210,10 +221,13 @@ def _in_channel_shuffle(node) -> bool:
     return is_permuting_op(node.module) and reshape_near(node.inputs, False) and reshape_near(node.outputs, True)
 
 
+SHUFFLE_REASON = 'passes a channel shuffle (view, transpose, view)'
+
+
 def _barrier_reason(node) -> str:
     """Skip reason of a group that reaches ``node``, a barrier of the group search."""
     if _in_channel_shuffle(node):
-        return 'passes a channel shuffle (view, transpose, view)'
+        return SHUFFLE_REASON
     m = node.module
     if getattr(m, UNMAPPED, False):
         return f'passes a {type(m).__name__.strip("_").replace("Op", "")} op Torch-Pruning cannot map'
@@ -275,50 +289,95 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 and node not in linear_flatten}
     graph.barriers = barriers
     result = TraceResult(graph, wrapper, [], [], out_shapes)
-    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES + tuple(custom),
-                                      names=names):
-        root = group[0].dep.target.module
-        root_name = names.get(root, '?')
-        touched, out_touched, reason, via_flatten = [], [], None, False
+
+    def classify(group, allowed=frozenset()):
+        """(touched names, out-channel names, skip reason or None, conv-group divisor, the
+        channel-shuffle barriers reached when they are the only reason, else None); the nodes in
+        ``allowed`` (a shuffle the caller pairs groups across) are passed over."""
+        touched, out_touched, reason, via_flatten, shuffles, other = [], [], None, False, [], False
         for dep, _ in group:
             m = dep.target.module
             if m is wrapper.input_sentinel:
-                reason = 'is the input image'
+                reason, other = 'is the input image', True
                 break
             if m in sentinels:
-                reason = 'reaches a backbone output'
+                reason, other = 'reaches a backbone output', True
                 break
+            if dep.target in allowed:
+                continue
             if isinstance(m, nn.Parameter):
-                reason = f'couples a bare nn.Parameter ({param_names.get(m, "?")})'
+                reason, other = f'couples a bare nn.Parameter ({param_names.get(m, "?")})', True
             elif dep.target in linear_flatten:
                 via_flatten = True
             elif dep.target in barriers:
                 reason = _barrier_reason(dep.target)
+                if reason == SHUFFLE_REASON:
+                    shuffles.append(dep.target)
+                else:
+                    other = True
             elif keep_residual and _is_residual_add(m, graph):
-                reason = reason or 'is a residual stream (summed with another feature map)'
+                reason, other = reason or 'is a residual stream (summed with another feature map)', True
             elif isinstance(m, nn.MultiheadAttention):
-                reason = 'couples nn.MultiheadAttention'
+                reason, other = 'couples nn.MultiheadAttention', True
             elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) > 1:
                 # Torch-Pruning cuts the last normalised dim; a (C, 1, 1) norm (GCNet's context
                 # block, ViPNAS) is normalised over channels first
-                reason = f'couples a LayerNorm over {tuple(m.normalized_shape)}'
+                reason, other = f'couples a LayerNorm over {tuple(m.normalized_shape)}', True
             elif m in names:
                 touched.append(names[m])
                 if graph.is_out_channel_pruning_fn(dep.handler):
                     out_touched.append(names[m])
                 if names[m] in ignored:
-                    reason = reason or f'touches ignored module {names[m]}'
+                    reason, other = reason or f'touches ignored module {names[m]}', True
         if reason is None and via_flatten and not all(
                 isinstance(dep.target.module, nn.Linear) for dep, _ in group if dep.target.module in names):
-            reason = 'passes a Reshape op'  # a flatten in front of a Linear, but not between Linears only
-        if reason is None:
+            reason, other = 'passes a Reshape op', True  # a flatten in front of a Linear, not between Linears only
+        divisor = None
+        if reason is None or not other:
             divisor = _group_divisor(group, graph)
             if divisor is None:
-                reason = 'grouped conv channels cannot be removed uniformly per conv group'
+                reason, other = reason or 'grouped conv channels cannot be removed uniformly per conv group', True
+        return touched, out_touched, reason, divisor, (shuffles if reason is not None and not other else None)
+
+    def couple(group, width, divisor, shuffles):
+        """The group behind the one shuffle ``group`` reaches from its input side, when both can
+        be pruned together (see :mod:`.shuffle`): ``(ShuffleCoupling, its touched names)`` or None."""
+        chain = shuffle_chain(shuffles[0]) if len(set(shuffles)) == 1 else None
+        if chain is None:
+            return None
+        last, G, channels = chain  # the group must hold every channel of the shuffle
+        if width != channels or width % G or G % divisor or \
+                any(len(idxs) != width for dep, idxs in group if dep.target is shuffles[0]):
+            return None
+        handler = graph.get_pruner_of_module(last.module).prune_out_channels
+        try:
+            behind = graph.get_pruning_group(last.module, handler, list(range(width)), update_mapping=False,
+                                             where=lambda: 'behind a channel shuffle')
+        except TraceTimeLimitError:
+            raise
+        except Exception:  # noqa: BLE001 -- an index mapping behind it that Torch-Pruning cannot make
+            return None
+        touched, _, reason, d, _ = classify(behind, allowed=chain_nodes(shuffles[0], last))
+        if reason is not None or width % d or unsupported_behind(behind):
+            return None
+        coupling = ShuffleCoupling(G, last.module, handler, behind, d)
+        return (coupling, touched) if coupling.steps_available(width) >= 1 else None
+
+    for group in graph.get_all_groups(ignored_layers=list(sentinels), root_module_types=_ROOT_TYPES + tuple(custom),
+                                      names=names):
+        root = group[0].dep.target.module
+        root_name = names.get(root, '?')
+        touched, out_touched, reason, divisor, shuffles = classify(group)
+        coupling = None
+        if shuffles:  # the channels end at a channel shuffle: prunable with the group behind it?
+            coupling = couple(group, graph.get_out_channels(root), divisor, shuffles)
+            if coupling is not None:
+                coupling, more = coupling
+                touched, reason = touched + more, None
         if reason is not None:
             result.skipped.append((root_name, reason))
             continue
         width = graph.get_out_channels(root)
-        result.prunable.append(ChannelGroup(root_name, root, width, group,
-                                            sorted(set(touched)), sorted(set(out_touched)), divisor))
+        result.prunable.append(ChannelGroup(root_name, root, width, group, sorted(set(touched)),
+                                            sorted(set(out_touched)), divisor, coupling))
     return result

@@ -28,6 +28,7 @@ from .group_search import TraceTimeLimitError
 from .importance import filter_scores, group_scores
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)
+from .shuffle import prune_behind
 from .target import (RANKINGS, THETA_MAX, CostModel, bracket, check_target, global_ratios,
                      solve)
 
@@ -185,15 +186,20 @@ class L1FilterPruner:
             for g in free:  # scored once per trace, before any channel is removed
                 if getattr(g, 'scores', None) is None:
                     g.scores = group_scores(g, self.norm)
+            steps = [None if g.shuffle is None else g.shuffle.step_scores(g.scores, g.width) for g in free]
             ratios = global_ratios([g.scores for g in free], [g.divisor for g in free],
-                                   theta, self.max_ratio)
+                                   theta, self.max_ratio, steps)
             for g, r in zip(free, ratios):
                 g.global_ratio = r
         return [self.group_keep(g) for g in trace.prunable]
 
     def group_keep(self, group: ChannelGroup) -> int:
-        """Channels ``group`` keeps (rule in :mod:`.ratios`; grouped convs force multiples)."""
+        """Channels ``group`` keeps (rule in :mod:`.ratios`; grouped convs force multiples; across
+        a channel shuffle whole steps go, see :mod:`.shuffle`)."""
         q = self.round_to or 1
+        if group.shuffle is not None:
+            desired = kept_channels(group.width, self.group_ratio(group), self.min_channels)
+            return group.shuffle.keep(desired, group.width, q)
         q = q * group.divisor // math.gcd(q, group.divisor)
         return kept_channels(group.width, self.group_ratio(group), self.min_channels, q)
 
@@ -210,6 +216,8 @@ class L1FilterPruner:
         if n_remove <= 0:
             return []
         scores = self.filter_scores(group)
+        if group.shuffle is not None:  # channels in front of the shuffle (the root's)
+            return group.shuffle.removed(scores, keep, group.width)
         d = group.divisor
         per_chunk = group.width // d
         pos = scores.view(d, per_chunk).sum(0)
@@ -258,9 +266,12 @@ class L1FilterPruner:
                 continue
             try:
                 handler = group.group[0].dep.handler
-                trace.graph.get_pruning_group(
-                    group.root, handler, idxs,
-                    where=lambda: f'removing channels of the group rooted at {group.root_name}').prune()
+                where = lambda: f'removing channels of the group rooted at {group.root_name}'  # noqa: E731
+                trace.graph.get_pruning_group(group.root, handler, idxs, where=where).prune()
+                behind = group.shuffle
+                if behind is not None:  # the same channels behind the channel shuffle
+                    prune_behind(trace.graph, trace.graph.get_pruning_group(
+                        behind.root, behind.handler, behind.post_indices(idxs, group.width), where=where))
                 if check_each:
                     shapes = check_outputs(run_backbone(work, example_inputs))
                     if shapes != ref_shapes:

@@ -98,7 +98,7 @@ class CostModel:
         self.out_items: Dict[nn.Module, list] = {}
         self.in_items: Dict[nn.Module, list] = {}
         for i, g in enumerate(trace.prunable):
-            for dep, idxs in g.group:
+            for dep, idxs in g.items():
                 m = dep.target.module
                 if not isinstance(m, nn.Module) or _width(m, True) is None:
                     continue
@@ -168,12 +168,17 @@ class CostModel:
 
 
 def global_ratios(scores: Sequence[torch.Tensor], divisors: Sequence[int], theta: float,
-                  max_ratio: float) -> List[float]:
+                  max_ratio: float, steps: Optional[Sequence] = None) -> List[float]:
     """Removal ratio per group when the ``theta`` fraction of all channels with the lowest
     scores is removed, no group losing more than ``max_ratio`` (a capped group's share goes
-    to the next-lowest channels elsewhere; grouped convs: a position counts for its chunks together)."""
+    to the next-lowest channels elsewhere; grouped convs: a position counts for its chunks together).
+    ``steps[i]``, when given and not None: group ``i`` is removed only in these steps, in order,
+    ``(score, channels)`` each (scores non-decreasing; a group across a channel shuffle)."""
     entries = []
     for i, (s, d) in enumerate(zip(scores, divisors)):
+        if steps is not None and steps[i] is not None:
+            entries += [(v, i, c) for v, c in steps[i]]
+            continue
         pos = s.view(d, -1).mean(0)
         entries += [(float(v), i, d) for v in pos]
     entries.sort(key=lambda e: e[0])
