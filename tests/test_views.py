@@ -112,3 +112,18 @@ def test_seeds_report_lists_every_seed_and_the_mean(tmp_path):
     row = next(line for line in table.splitlines() if '| dfbf+mix |' in line)
     assert '| 40.00 (0), 42.00 (1) | 41.00 | 82.0 | -5.00 |' in row  # real mean 46.0
     assert '| 70.0 % |' in row
+
+
+def test_benchmark_seed_and_epochs_reach_the_run_config(tmp_path):
+    import argparse
+    from tools.benchmarks.run import task_config
+    args = argparse.Namespace(data=str(tmp_path / 'digits'), quick=False, out=str(tmp_path),
+                              seed=2, epochs=320)
+    cfg = task_config('det', args, 'macs', 0.7, 'dfbf+mix', str(tmp_path / 'run'))
+    assert cfg.dfbf['schedule']['epochs'] == 320 and cfg.dfbf['schedule']['lr_steps'] == [256]
+    assert cfg.randomness['seed'] == 2 and cfg.dfbf['views']['seed'] == 2
+    assert cfg.dfbf['views']['mix'] == 'cutmix'
+    plain = task_config('det', argparse.Namespace(data=args.data, quick=False, out=str(tmp_path)),
+                        'macs', 0.7, 'dfbf', str(tmp_path / 'run'))
+    assert plain.dfbf['schedule']['epochs'] == 160 and plain.randomness['seed'] == 0
+    assert not plain.dfbf.get('views')

@@ -131,6 +131,9 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0,
                         help='fine-tuning seed (randomness.seed and dfbf.views.seed); results are '
                              'keyed without it, so give each seed its own --out')
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='fine-tuning epochs instead of the budget\'s (lr steps scaled alike); '
+                             'results are keyed without it, so give it its own --out')
     parser.add_argument('--quick', action='store_true', help='smoke-test budget')
     parser.add_argument('--out', default='work_dirs/benchmark')
     parser.add_argument('--data', default='data/digits', help='digits data (made if missing)')
@@ -240,6 +243,11 @@ def task_config(task, args, rule, sparsity, method, work_dir):
     dfbf = merge(dfbf, {k: v for k, v in METHODS[method].items()})
     dfbf['teacher_checkpoint'] = osp.join(REPO, spec['teacher'])
     dfbf = merge(dfbf, RULES[rule](sparsity))
+    epochs = getattr(args, 'epochs', None)
+    if epochs:  # a longer / shorter schedule, the lr steps at the same fractions of it
+        old = dfbf['schedule']['epochs']
+        dfbf['schedule']['lr_steps'] = [round(e * epochs / old) for e in dfbf['schedule']['lr_steps']]
+        dfbf['schedule']['epochs'] = epochs
     seed = getattr(args, 'seed', 0)
     if seed:  # seed 0: the configs' own randomness, as every run before --seed
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
