@@ -2,7 +2,8 @@
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
-         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix] [--seed 0] [--quick] [--out work_dirs/benchmark] [--data data/digits]
+         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix] [--seed 0] [--epochs N] [--quick]
+        [--out work_dirs/benchmark] [--data data/digits] [--report-only | --seed-dirs DIR [DIR ...]]
 
 For every task (digits classification / detection / keypoints), sparsity, pruning rule
 (``uniform``: one L1 ratio; ``layer``: DFBF's width-dependent ratio) and method, it prunes the
