@@ -18,9 +18,15 @@ def reparameterizable_type(cls: type) -> bool:
             and 'deploy' in inspect.signature(cls.__init__).parameters)
 
 
+def _fused(backbone: nn.Module) -> bool:
+    """Every ``deploy`` flag in the backbone is set (RepMLPNet keeps them in its blocks only)."""
+    flags = [m.deploy for m in backbone.modules() if isinstance(getattr(m, 'deploy', None), bool)]
+    return bool(flags) and all(flags)
+
+
 def is_reparameterizable(backbone: nn.Module) -> bool:
     """A stock backbone of a re-parameterisable class, not yet fused."""
-    return reparameterizable_type(type(backbone)) and not getattr(backbone, 'deploy', False)
+    return reparameterizable_type(type(backbone)) and not _fused(backbone)
 
 
 def fuse_backbone(model: nn.Module) -> bool:
