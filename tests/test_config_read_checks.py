@@ -21,6 +21,7 @@ def test_two_stage_detectors_build(path):
 
 def test_hrnet_half_resolution_phase_checked_when_the_config_is_read():
     cfg = Config.fromfile(HRNET)
+    cfg.dfbf.synthesizer = dict(type='DeepInversionSynthesizer', preset='pose')  # the paper's synthesis
     cfg.dfbf.synthetic_data.image_size = (160, 128)  # the reference pose size: 80x64 at half res
     with pytest.raises(ValueError) as e:
         to_runner_config(cfg)
