@@ -108,15 +108,19 @@ class CostModel:
 
     @staticmethod
     def _producers(backbone, leaves, example) -> Dict[nn.Module, nn.Module]:
-        """{counted layer: counted layer whose output is its first input} from one forward."""
+        """{counted layer: counted layer whose output is its first input} from one forward.
+
+        Outputs are matched by ``id``; each is kept alive until the forward ends, or a freed
+        tensor's id could be reused by a later one and link the wrong layers (which made the
+        estimate, and the channels a MACs target picks, change from process to process)."""
         made, producer, handles = {}, {}, []
 
         def hook(m, inputs, output):
             x = inputs[0] if inputs else None
             if isinstance(x, torch.Tensor) and id(x) in made:
-                producer[m] = made[id(x)]
+                producer[m] = made[id(x)][0]
             if isinstance(output, torch.Tensor):
-                made[id(output)] = m
+                made[id(output)] = (m, output)
 
         for m in leaves:
             handles.append(m.register_forward_hook(hook))
