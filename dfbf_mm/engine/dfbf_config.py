@@ -78,9 +78,10 @@ def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
 def _backbone_class(model_cfg: dict, scope: str):
     """The class of ``model_cfg['backbone']`` (a type name resolves in ``scope``), or None."""
     kind = (model_cfg.get('backbone') or {}).get('type')
-    if isinstance(kind, str):
-        return MODELS.get(kind if '.' in kind else f'{scope}.{kind}')
-    return kind if isinstance(kind, type) else None
+    if isinstance(kind, type):
+        return kind
+    with MODELS.switch_scope_and_registry(scope) as registry:  # as MODELS.build resolves it
+        return registry.get(kind) if isinstance(kind, str) else None
 
 
 def to_runner_config(cfg: Config) -> Config:
