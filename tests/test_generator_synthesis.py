@@ -47,7 +47,9 @@ def test_settings_errors():
                       (dict(bn_momentum=1.0), r'bn_momentum: must be in \[0, 1\)'),
                       (dict(keep='first'), "keep: 'first'"),
                       (dict(lr=0), 'lr: must be positive'),
-                      (dict(max_passes_per_image=5), 'max_passes_per_image: 5 is below steps 10')):
+                      (dict(max_passes_per_image=5), r'max_passes_per_image: 5 is below steps \+ refine_steps = 10'),
+                      (dict(refine_steps=-1), 'refine_steps: must be an integer >= 0'),
+                      (dict(refine_lr=0), 'refine_lr: must be positive')):
         with pytest.raises(ValueError, match=match):
             GeneratorSynthesizer(**kw)
     assert GeneratorSynthesizer(meta_lr=None).settings['meta_lr'] is None
@@ -142,3 +144,20 @@ def test_errors_and_sizes(tmp_path, teacher):
     capped = GeneratorSynthesizer(channels=4, latent_dim=8, steps=2, first_steps=30, max_passes_per_image=5)
     assert capped.synthesize(target, 2, (8, 8), pixel_range(teacher), seed=3,
                              progress=False)[1]['teacher_passes'] == 5
+
+
+def test_refine_steps_are_counted_and_lower_the_bn_loss(tmp_path, teacher):
+    """Per-pixel DeepInversion steps after the generator's: counted, capped, and they move the
+    images toward the BN statistics (the plain BN loss of the kept images, per batch)."""
+    plain, refined = make(tmp_path / 'p'), make(tmp_path / 'r', synth=dict(refine_steps=4))
+    for ds in (plain, refined):
+        ds.prepare(teacher, 'classification', progress=False)
+    assert refined.cache.key != plain.cache.key
+    # (3 + 2 + 2 + 2) / 4 generator steps + 4 refinement steps per batch
+    assert refined.stats['teacher_passes_per_image'] == pytest.approx(9 / 4 + 4)
+    bn = [[ds.cache.load(b, ds._shape)['stats']['bn_eval'] for b in range(4)] for ds in (plain, refined)]
+    assert all(r < p for p, r in zip(*bn)), bn
+    # the cap counts the refinement: the first batch shrinks to (6 - 4) * 4 - 2 * 3 = 2 steps
+    capped = make(tmp_path / 'c', synth=dict(refine_steps=4, first_steps=30, max_passes_per_image=6))
+    capped.prepare(teacher, 'classification', progress=False)
+    assert capped.stats['teacher_passes_per_image'] == pytest.approx((2 + 2 * 3) / 4 + 4)

@@ -19,9 +19,10 @@ from ..pruning import build_student
 from ..registry import MODELS
 from ..schema import DISTILL, OVERPARAM, SP_LOSS, loss_config, views_block
 from ..stock_model import build_teacher, input_channels, pixel_range
-from ..utils import output_tensors
+from ..utils import eval_mode, output_tensors
 from .feature_taps import FeatureRecorder, select_taps
 from .lop import expand_model, merge_model, merged_copy
+from .model_outputs import check_stock_outputs, stock_outputs
 from .views import build_views
 
 
@@ -47,7 +48,8 @@ class DataFreeDistiller(BaseModel):
         distill: ``taps`` (name patterns, default: unpruned-width norm layers), ``distance``
             ('l1'), ``weights`` (reference preset 0..11 or (a, b)), ``out_weight`` (L_out, 0),
             ``bn`` ('update': student BN running stats adapt to the synthetic data; 'frozen':
-            they stay the teacher's).
+            they stay the teacher's), ``neck_weight`` / ``head_weight`` (the frozen stock neck
+            and head run on each backbone's outputs, their outputs matched; 0: off).
         channel_spec: build the student from this spec instead of pruning (used on resume;
             the weights then come from the resumed checkpoint).
         overparam: LOP (spec lop.md): ``ratio`` r, ``include``/``exclude`` name patterns
@@ -87,6 +89,13 @@ class DataFreeDistiller(BaseModel):
             print_log('dfbf.distill: no unpruned-width norm layer to tap; distilling the backbone '
                       'outputs (out_weight=1.0)', logger='current')
         self.loss = MODELS.build(loss)
+        # the frozen stock neck / head on each backbone's outputs (model_outputs.py), if asked
+        self.neck_loss = float(getattr(self.loss, 'neck_weight', 0)) > 0
+        self.head_loss = float(getattr(self.loss, 'head_weight', 0)) > 0
+        if self.neck_loss or self.head_loss:
+            with torch.no_grad(), eval_mode(self.teacher):  # eval: its BN statistics stay
+                outs = output_tensors(self.teacher.backbone(example.expand(2, -1, -1, -1)))
+                check_stock_outputs(self.teacher, outs, self.head_loss)
         pruned_layers = self._pruned_layers()
         self.expanded = []
         if overparam:
@@ -123,12 +132,17 @@ class DataFreeDistiller(BaseModel):
         """Teacher always in eval mode; the student's BN follows ``distill.bn``.
 
         Stock backbones re-freeze stages and norms in their own ``train()`` (``frozen_stages``,
-        ``norm_eval``); DFBF fine-tunes the whole pruned backbone, so that is undone here.
+        ``norm_eval``); DFBF fine-tunes the whole pruned backbone, so that is undone here. The
+        student's neck and head stay in eval mode: frozen copies of the teacher's (a neck /
+        head loss runs them, and their BN statistics must stay what is exported).
         """
         super().train(mode)
         self.teacher.eval()
         self.__dict__['_merged_student'] = None  # weights may change from here on
         if mode:
+            for name, child in self.student.named_children():
+                if name != 'backbone':
+                    child.eval()
             backbone = self.student.backbone
             backbone.requires_grad_(True)
             for m in backbone.modules():
@@ -149,8 +163,15 @@ class DataFreeDistiller(BaseModel):
         with torch.no_grad():
             t_taps, t_outs = backbone_features(self.teacher.backbone, images, taps)
         s_taps, s_outs = backbone_features(self.student.backbone, images, taps)
+        extra = {}
+        if self.neck_loss or self.head_loss:
+            with torch.no_grad():
+                t_neck, t_head = stock_outputs(self.teacher, t_outs, self.head_loss)
+            s_neck, s_head = stock_outputs(self.student, s_outs, self.head_loss)
+            extra = dict(neck=(s_neck, t_neck) if self.neck_loss else None,
+                         head=(s_head, t_head) if self.head_loss else None)
         losses = self.loss([s_taps[n] for n in self.taps], [t_taps[n] for n in self.taps],
-                           s_outs, t_outs)
+                           s_outs, t_outs, **extra)
         if self.sp_loss is not None:
             losses['loss_sp'] = self.sp_loss([s_taps[n] for n in self.sp_taps],
                                              [t_taps[n] for n in self.sp_taps])

@@ -1,11 +1,13 @@
 """The DFBF intermediate-supervision loss.
 
     L = Σ_i w_i · d(F_i^student, F_i^teacher)  (+ w_out · Σ_o d(out_o^s, out_o^t))
+        (+ w_neck · Σ d(neck^s, neck^t) + w_head · Σ d(head^s, head^t))
 
 d is the mean L1 (default, as the paper), MSE, Huber or smooth-L1 distance; the weights grow
 with depth, w_i = a + b·i/N for taps i = 1..N from shallow to deep. The reference code names
 twelve (a, b) choices by number ("loss_weight_method"); they are selectable here by that number
-or directly as a pair.
+or directly as a pair. The neck and head terms (off by default) compare what the frozen stock
+neck and head make of each backbone's outputs (``model_outputs.py``).
 """
 from typing import Sequence, Tuple, Union
 
@@ -53,10 +55,13 @@ class FeatureMimicLoss(nn.Module):
         distance: 'l1' (default), 'mse', 'huber' or 'smooth_l1'.
         weights: reference preset number 0..11 or an (a, b) pair for w_i = a + b·i/N.
         out_weight: weight of the optional loss on the backbone outputs (L_out); 0 = off.
+        neck_weight: weight of the loss on the stock neck's outputs; 0 = off.
+        head_weight: weight of the loss on the stock head's raw outputs (scores, boxes,
+            heatmaps, logits); 0 = off.
     """
 
     def __init__(self, distance: str = 'l1', weights: Union[int, Sequence[float]] = 2,
-                 out_weight: float = 0.0):
+                 out_weight: float = 0.0, neck_weight: float = 0.0, head_weight: float = 0.0):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f'distance: {distance!r} is not one of '
@@ -65,9 +70,15 @@ class FeatureMimicLoss(nn.Module):
         self.distance = distance
         self.weights = weights
         self.out_weight = float(out_weight)
+        self.neck_weight = float(neck_weight)
+        self.head_weight = float(head_weight)
 
-    def forward(self, student_taps, teacher_taps, student_outs=(), teacher_outs=()):
-        """Returns a dict of named loss terms (MMEngine sums every key containing 'loss')."""
+    def forward(self, student_taps, teacher_taps, student_outs=(), teacher_outs=(), neck=None,
+                head=None):
+        """Returns a dict of named loss terms (MMEngine sums every key containing 'loss').
+
+        ``neck`` / ``head``: (student tensors, teacher tensors) of the stock neck / head, given
+        by the distiller when ``neck_weight`` / ``head_weight`` is on."""
         dist = DISTANCES[self.distance]
         w = depth_weights(len(student_taps), self.weights)
         losses = {}
@@ -76,6 +87,9 @@ class FeatureMimicLoss(nn.Module):
         if self.out_weight > 0:
             losses['loss_out'] = self.out_weight * sum(
                 dist(s, t) for s, t in zip(student_outs, teacher_outs))
+        for name, weight, pair in (('neck', self.neck_weight, neck), ('head', self.head_weight, head)):
+            if weight > 0 and pair is not None:
+                losses[f'loss_{name}'] = weight * sum(dist(s, t) for s, t in zip(*pair))
         if not losses:
             raise ValueError('distill: no feature taps and out_weight=0: nothing to distil')
         return losses

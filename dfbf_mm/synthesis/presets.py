@@ -110,6 +110,9 @@ GENERATOR_SETTINGS_DOC = {
     'flip': 'random horizontal flip before the teacher',
     'keep': "images kept per batch: 'best' (lowest loss of the steps) or 'last' step's",
     'amp': 'autocast (bf16) where CUDA is present',
+    'refine_steps': "per-pixel DeepInversion steps on each batch's generated images after the "
+                    "generator's (counted as passes; 0: none)",
+    'refine_lr': 'Adam lr of those steps (the `fast` preset otherwise)',
 }
 
 _GEN_CLASSIFICATION = dict(
@@ -117,7 +120,7 @@ _GEN_CLASSIFICATION = dict(
     lr_z=0.015, betas=(0.5, 0.999), meta='fomaml', meta_lr=None, reset_latent_layer=False,
     conditional=True,
     bn_momentum=0.9, bn_weight=10.0, first_bn_multiplier=1.0, ce_weight=2.0, tv_weight=0.0,
-    l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True)
+    l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True, refine_steps=0, refine_lr=0.05)
 # detection / pose: no logits; a 16-wide generator (the 64-wide one cost 5x the digits teacher
 # per step at 128 px), Reptile steps all the way to the adapted weights, lighter BN momentum,
 # and a longer first batch (90 + 7 x 10 = 20 passes per image over a stream of 8 batches).

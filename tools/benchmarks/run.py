@@ -88,6 +88,11 @@ METHODS = {
                                                           mix='mixup', mix_prob=0.5)),
     'real+mix': dict(train_data='real', views=dict(flip=0.5, crop=0.5, jitter=0.2,
                                                    mix='cutmix', mix_prob=0.5)),
+    # the frozen stock neck and head run on each backbone, their outputs matched too
+    'dfbf+head': dict(train_data='synthetic', distill=dict(neck_weight=1.0, head_weight=1.0)),
+    'dfbf+head+mix': dict(train_data='synthetic', distill=dict(neck_weight=1.0, head_weight=1.0),
+                          views=dict(flip=0.5, crop=0.5, jitter=0.2, mix='cutmix', mix_prob=0.5)),
+    'real+head': dict(train_data='real', distill=dict(neck_weight=1.0, head_weight=1.0)),
 }
 # Budgets: overrides of each task config's dfbf block. 'full' keeps every run to a few CPU
 # minutes (2 shared cores) after a one-off synthesis per task; 'quick' is a smoke run.
@@ -119,7 +124,8 @@ LATENCY_BATCH = 8
 COLORS = {'pruned': '0.6', 'dfbf': 'tab:blue', 'noise': 'tab:orange', 'real': 'tab:green',
           'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown',
           'dfbf+aug': 'tab:cyan', 'dfbf+mix': 'tab:olive', 'real+aug': 'tab:pink',
-          'dfbf+cutmix': 'gold', 'dfbf+mixup': 'navy', 'real+mix': 'magenta'}
+          'dfbf+cutmix': 'gold', 'dfbf+mixup': 'navy', 'real+mix': 'magenta',
+          'dfbf+head': 'tab:gray', 'dfbf+head+mix': 'black', 'real+head': 'lime'}
 
 
 def parse_args(argv=None):

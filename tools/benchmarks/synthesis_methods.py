@@ -10,6 +10,8 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
 
 * ``di``: the task config's DeepInversion synthesizer (the `fast`-based schedules of
   docs/benchmark_results.md);
+* ``di_wide``: DeepInversion at 1/2 the steps per image on 2x the images (the same teacher
+  passes in all, the same fine-tuning iterations);
 * ``gen``: ``GeneratorSynthesizer`` with the task's preset, as many images as ``di``;
 * ``gen_wall``: the generator given ``di``'s synthesis wall time (measured in this run): more
   images, epochs cut so the fine-tuning iterations stay the same;
@@ -36,8 +38,15 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
-BASE_METHODS = ('di', 'gen', 'gen_wall', 'real')
-METHODS = BASE_METHODS + tuple(f'{m}+mix' for m in BASE_METHODS)
+BASE_METHODS = ('di', 'di_wide', 'gen', 'gen_wall', 'real')
+# di_wide: DeepInversion's steps per image cut by this factor, its images multiplied by it
+WIDE = 2
+STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
+# suffixes: run.py's fine-tuning variants on the same images (dfbf+mix, dfbf+head, ...)
+SUFFIXES = {'+mix': 'views + CutMix', '+head': 'neck + head loss',
+            '+head+mix': 'neck + head loss, views + CutMix'}
+METHODS = BASE_METHODS + tuple(m + sfx for sfx in SUFFIXES for m in BASE_METHODS
+                               if not (m == 'real' and sfx == '+head+mix'))
 
 
 def base_method(method):
@@ -71,7 +80,7 @@ def parse_args(argv=None):
 
 def base_config(task, args, sparsity, method, work_dir):
     kind = 'real' if base_method(method) == 'real' else 'dfbf'
-    return bench.task_config(task, args, 'uniform', sparsity, kind + ('+mix' if method.endswith('+mix') else ''),
+    return bench.task_config(task, args, 'uniform', sparsity, kind + method[len(base_method(method)):],
                              work_dir)
 
 
@@ -86,7 +95,13 @@ def synthesis(task, method, args, results, log):
     cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
     data = cfg.dfbf['synthetic_data']
     data['cache_dir'] = osp.join(args.out, 'cache', task)
-    if method != 'di':
+    if method == 'di_wide':  # the same teacher passes in all, spread over WIDE x the images
+        from dfbf_mm.registry import SYNTHESIZERS
+        di = cfg.dfbf['synthesizer']
+        settings = SYNTHESIZERS.build(copy.deepcopy(di)).settings
+        cfg.dfbf['synthesizer'] = dict(di, **{k: settings[k] // WIDE for k in STEP_KEYS})
+        data['num_images'] *= WIDE
+    elif method != 'di':
         cfg.dfbf['synthesizer'] = dict(type='GeneratorSynthesizer', preset=GENERATOR_PRESET[task],
                                        **args.generator)
         if method == 'gen_wall':
@@ -153,9 +168,10 @@ def finetune(task, method, sparsity, seed, args, results, log):
 def table(results, args):
     lines = ['| task | sparsity | method | images | teacher passes / image | synthesis s | '
              'metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 10]
-    names = dict(di='DeepInversion (task config, `fast`-based)', gen='generator, same images',
+    names = dict(di='DeepInversion (task config, `fast`-based)',
+                 di_wide=f'DeepInversion, 1/{WIDE} the steps on {WIDE}x the images', gen='generator, same images',
                  gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)')
-    names.update({f'{m}+mix': f'{names[m]}, views + CutMix' for m in BASE_METHODS})
+    names.update({m + sfx: f'{names[m]}, {what}' for sfx, what in SUFFIXES.items() for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')
         for s in args.sparsity.get(task, []):

@@ -1,0 +1,90 @@
+"""dfbf.distill.neck_weight / head_weight: the frozen stock neck and head run on each
+backbone's outputs, and what they produce is matched (distillation/model_outputs.py)."""
+import pytest
+import torch
+from mmengine.config import Config
+
+import dfbf_mm  # noqa: F401
+from dfbf_mm.distillation.model_outputs import check_stock_outputs, dense_head, stock_outputs
+from dfbf_mm.registry import MODELS
+from dfbf_mm.stock_model import build_stock_model, stock_model_cfg
+from dfbf_mm.utils import output_tensors
+
+STOCK = """
+default_scope = 'mmpretrain'
+model = dict(type='ImageClassifier',
+             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(type='LinearClsHead', num_classes=3, in_channels=64))
+"""
+
+
+def distiller(tmp_path, sparsity=0.5, **distill):
+    cfg = Config.fromstring(STOCK, '.py')
+    teacher = build_stock_model(cfg)
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 't.pth')
+    model = MODELS.build(dict(
+        type='DataFreeDistiller', model=stock_model_cfg(cfg), teacher_checkpoint=str(tmp_path / 't.pth'),
+        pruner=dict(type='L1FilterPruner', sparsity=sparsity), input_size=(32, 32), distill=distill))
+    return model, teacher
+
+
+def test_neck_and_head_terms_train_the_backbone_only(tmp_path):
+    model, teacher = distiller(tmp_path, neck_weight=1.0, head_weight=0.5)
+    # building checked the neck/head on the teacher in eval mode: its BN statistics are the checkpoint's
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(model.teacher.state_dict()[k], v), k
+    model.train()
+    assert model.student.backbone.training
+    assert not model.student.neck.training and not model.student.head.training
+    losses = model(torch.randn(4, 3, 32, 32), mode='loss')
+    assert set(losses) == {'loss_feat', 'loss_neck', 'loss_head'}
+    assert losses['loss_neck'] > 0 and losses['loss_head'] > 0
+    head_before = {k: v.clone() for k, v in model.student.head.state_dict().items()}
+    (losses['loss_neck'] + losses['loss_head']).backward()
+    assert all(p.grad is None for p in model.student.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.backbone.parameters())
+    for k, v in model.student.head.state_dict().items():
+        assert torch.equal(head_before[k], v)
+
+
+def test_unpruned_student_has_zero_neck_and_head_loss(tmp_path):
+    model, _ = distiller(tmp_path, sparsity=0.0, neck_weight=1.0, head_weight=1.0,
+                         bn='frozen')
+    losses = model.train()(torch.randn(4, 3, 32, 32), mode='loss')
+    assert float(losses['loss_neck']) == pytest.approx(0, abs=1e-6)
+    assert float(losses['loss_head']) == pytest.approx(0, abs=1e-6)
+
+
+def test_off_by_default(tmp_path):
+    model, _ = distiller(tmp_path)
+    assert set(model.train()(torch.randn(2, 3, 32, 32), mode='loss')) == {'loss_feat'}
+
+
+def _stock(path, **backbone):
+    from mmengine.hub import get_config
+    cfg = get_config(path) if '::' in path else Config.fromfile(path)
+    if backbone:
+        cfg.model.backbone.update(backbone)
+    return build_stock_model(cfg).eval()
+
+
+def test_detectors_one_stage_head_two_stage_rpn_detr_refused():
+    x = torch.randn(2, 3, 64, 64)
+    yolox = _stock('configs/benchmarks/digits_det_teacher.py')
+    with torch.no_grad():
+        neck, head = stock_outputs(yolox, output_tensors(yolox.backbone(x)), head=True)
+    assert len(neck) == 3 and len(head) == 9  # 3 levels x (cls, box, objectness)
+    assert head[0].shape[1] == 10
+    rcnn = _stock('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', init_cfg=None)
+    assert dense_head(rcnn) is rcnn.rpn_head  # the RoI head needs proposals
+    with torch.no_grad():
+        neck, head = stock_outputs(rcnn, output_tensors(rcnn.backbone(x)), head=True)
+    assert len(neck) == 5 and len(head) == 10  # 5 levels x (objectness, deltas)
+    detr = _stock('mmdet::detr/detr_r50_8xb2-150e_coco.py', init_cfg=None)
+    outs = output_tensors(detr.backbone(x))
+    check_stock_outputs(detr, outs, head=False)  # the neck alone is fine
+    with pytest.raises(ValueError) as e:
+        check_stock_outputs(detr, outs, head=True)
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith('dfbf.distill.head_weight: DETR has no head')
