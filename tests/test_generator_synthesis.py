@@ -161,3 +161,12 @@ def test_refine_steps_are_counted_and_lower_the_bn_loss(tmp_path, teacher):
     capped = make(tmp_path / 'c', synth=dict(refine_steps=4, first_steps=30, max_passes_per_image=6))
     capped.prepare(teacher, 'classification', progress=False)
     assert capped.stats['teacher_passes_per_image'] == pytest.approx((2 + 2 * 3) / 4 + 4)
+
+
+def test_refinement_settings_stay_out_of_the_cache_key_when_off():
+    """Caches made before refine_steps existed still hit: its settings are in the key only when on."""
+    assert not {'refine_steps', 'refine_lr'} & set(GeneratorSynthesizer(preset='pose').config())
+    on = GeneratorSynthesizer(preset='detection').config()
+    assert on['refine_steps'] == 12 and on['steps'] == 5
+    off = GeneratorSynthesizer(preset='detection', refine_steps=0, steps=10).config()
+    assert 'refine_lr' not in off and off == GeneratorSynthesizer(preset='pose').config()

@@ -21,7 +21,7 @@ from mmengine.config import Config
 
 import dfbf_mm  # noqa: F401
 from dfbf_mm.stock_model import build_stock_model, config_scope, get_backbone
-from dfbf_mm.synthesis.presets import get_preset
+from dfbf_mm.synthesis.presets import get_generator_preset, get_preset
 from tiny_val_sets import all_val_sets
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -50,6 +50,8 @@ def tiny_budget(cfg: Config, teacher: str) -> list:
     synth = cfg.dfbf.synthesizer
     if synth.type == 'GeneratorSynthesizer':
         steps = ['dfbf.synthesizer.first_steps=1', 'dfbf.synthesizer.steps=1']
+        if synth.get('refine_steps', get_generator_preset(synth.get('preset', 'classification'))['refine_steps']):
+            steps.append('dfbf.synthesizer.refine_steps=1')
     else:
         preset = get_preset(synth.get('preset', 'classification'))
         steps = [f'dfbf.synthesizer.{k}=1' for k in PHASE_KEYS if synth.get(k, preset[k]) > 0]

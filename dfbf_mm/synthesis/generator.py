@@ -322,8 +322,13 @@ class GeneratorSynthesizer:
         return self.settings['steps'] + self.settings['refine_steps']
 
     def config(self) -> dict:
-        """The fully resolved settings (what changes the images), for cache keys and logs."""
-        return dict(type=type(self).__name__, **self.settings)
+        """The fully resolved settings (what changes the images), for cache keys and logs.
+
+        Without refinement its settings are left out, so caches made before they existed hit."""
+        settings = dict(self.settings)
+        if not settings['refine_steps']:
+            del settings['refine_steps'], settings['refine_lr']
+        return dict(type=type(self).__name__, **settings)
 
     def network_inputs(self) -> Sequence[Tuple[str, int]]:
         """``(phase name, factor)``: the teacher sees the generator's full-size output."""

@@ -10,9 +10,11 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
 
 * ``di``: the task config's DeepInversion synthesizer (the `fast`-based schedules of
   docs/benchmark_results.md);
-* ``di_wide``: DeepInversion at 1/2 the steps per image on 2x the images (the same teacher
-  passes in all, the same fine-tuning iterations);
+* ``di_x2`` / ``di_x4``: DeepInversion at 1/k of the steps per image on k x the images (the
+  same teacher passes in all, the same fine-tuning iterations);
 * ``gen``: ``GeneratorSynthesizer`` with the task's preset, as many images as ``di``;
+* ``gen_norefine`` / ``gen_norefine_wall``: the same without the per-pixel refinement
+  (``refine_steps=0``, 10 generator steps per batch: the detection preset before it);
 * ``gen_wall``: the generator given ``di``'s synthesis wall time (measured in this run): more
   images, epochs cut so the fine-tuning iterations stay the same;
 * ``real``: the real train split (upper bound), same iterations;
@@ -38,9 +40,9 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
-BASE_METHODS = ('di', 'di_wide', 'gen', 'gen_wall', 'real')
-# di_wide: DeepInversion's steps per image cut by this factor, its images multiplied by it
-WIDE = 2
+BASE_METHODS = ('di', 'di_x2', 'di_x4', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall', 'real')
+# the generator as it was before per-pixel refinement (the detection preset of session 5)
+NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
 # suffixes: run.py's fine-tuning variants on the same images (dfbf+mix, dfbf+head, ...)
 SUFFIXES = {'+mix': 'views + CutMix', '+head': 'neck + head loss',
@@ -95,17 +97,19 @@ def synthesis(task, method, args, results, log):
     cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
     data = cfg.dfbf['synthetic_data']
     data['cache_dir'] = osp.join(args.out, 'cache', task)
-    if method == 'di_wide':  # the same teacher passes in all, spread over WIDE x the images
+    if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
         from dfbf_mm.registry import SYNTHESIZERS
+        k = int(method[len('di_x'):])
         di = cfg.dfbf['synthesizer']
         settings = SYNTHESIZERS.build(copy.deepcopy(di)).settings
-        cfg.dfbf['synthesizer'] = dict(di, **{k: settings[k] // WIDE for k in STEP_KEYS})
-        data['num_images'] *= WIDE
+        cfg.dfbf['synthesizer'] = dict(di, **{key: settings[key] // k for key in STEP_KEYS})
+        data['num_images'] *= k
     elif method != 'di':
+        over = dict(args.generator, **(NO_REFINE if method.startswith('gen_norefine') else {}))
         cfg.dfbf['synthesizer'] = dict(type='GeneratorSynthesizer', preset=GENERATOR_PRESET[task],
-                                       **args.generator)
-        if method == 'gen_wall':
-            di, gen = results[f'{task}|synthesis|di'], results[f'{task}|synthesis|gen']
+                                       **over)
+        if method.endswith('_wall'):
+            di, gen = results[f'{task}|synthesis|di'], results[f'{task}|synthesis|{method[:-len("_wall")]}']
             # as many batches as fit in di's wall time at gen's seconds per batch
             batches = max(1, int(di['wall_s'] / (gen['wall_s'] / gen['batches'])))
             data['num_images'] = batches * data['batch_size']
@@ -169,8 +173,11 @@ def table(results, args):
     lines = ['| task | sparsity | method | images | teacher passes / image | synthesis s | '
              'metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 10]
     names = dict(di='DeepInversion (task config, `fast`-based)',
-                 di_wide=f'DeepInversion, 1/{WIDE} the steps on {WIDE}x the images', gen='generator, same images',
-                 gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)')
+                 di_x2='DeepInversion, 1/2 the steps on 2x the images',
+                 di_x4='DeepInversion, 1/4 the steps on 4x the images', gen='generator, same images',
+                 gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)',
+                 gen_norefine='generator without refinement, same images',
+                 gen_norefine_wall='generator without refinement, DeepInversion\'s wall time')
     names.update({m + sfx: f'{names[m]}, {what}' for sfx, what in SUFFIXES.items() for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')
@@ -211,8 +218,8 @@ def main(argv=None):
             bench.save_results(results, path)
         for m in args.methods:
             if base_method(m) != 'real':
-                if base_method(m) == 'gen_wall':
-                    for need in ('di', 'gen'):
+                if base_method(m).endswith('_wall'):
+                    for need in ('di', base_method(m)[:-len('_wall')]):
                         synthesis(task, need, args, results, log)
                 synthesis(task, base_method(m), args, results, log)
                 bench.save_results(results, path)
