@@ -5,7 +5,7 @@ these helpers are the one place that turns them into a model and says clearly wh
 """
 import copy
 import os.path as osp
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_mod
 
 from .config_utils import plain
 from .registry import MODELS
-from .utils import first_line
+from .utils import first_line, output_tensors
 
 SUPPORTED_SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
 TASK_OF_SCOPE = {'mmdet': 'detection', 'mmpose': 'pose', 'mmpretrain': 'classification'}
@@ -167,3 +167,34 @@ def get_backbone(model: torch.nn.Module, field: str = 'model') -> torch.nn.Modul
         raise ValueError(f'{field}: {type(model).__name__} has no `backbone` submodule; dfbf_mm '
                          'prunes the backbone of mmdet/mmpose/mmpretrain models')
     return backbone
+
+
+# where the dense head sits: a two-stage detector's RPN before its `roi_head`, one-stage
+# detectors' `bbox_head`, mmpose / mmpretrain `head`
+HEAD_ATTRS = ('rpn_head', 'bbox_head', 'head')
+
+
+def dense_head(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The head that runs on the neck's outputs alone, or None."""
+    if hasattr(model, 'decoder') or hasattr(model, 'encoder'):
+        return None  # DETR family: the head reads the transformer's queries, not the features
+    for attr in HEAD_ATTRS:
+        head = getattr(model, attr, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+def stock_outputs(model: torch.nn.Module, backbone_outs: Sequence[torch.Tensor], head: bool):
+    """(neck outputs, head outputs) of ``model`` on ``backbone_outs``, each a list of tensors
+    (the neck's are the backbone's when the model has no neck; head: [] unless asked)."""
+    feats = tuple(backbone_outs)
+    neck = getattr(model, 'neck', None)
+    if isinstance(neck, torch.nn.Module):
+        feats = neck(feats)
+    neck_outs = output_tensors(feats)
+    head_outs: List[torch.Tensor] = []
+    if head:
+        head_outs = output_tensors(dense_head(model)(feats if isinstance(feats, (tuple, list))
+                                                     else (feats,)))
+    return neck_outs, head_outs

@@ -81,6 +81,12 @@ def test_detectors_one_stage_head_two_stage_rpn_detr_refused():
     with torch.no_grad():
         neck, head = stock_outputs(rcnn, output_tensors(rcnn.backbone(x)), head=True)
     assert len(neck) == 5 and len(head) == 10  # 5 levels x (objectness, deltas)
+    # invert='model' on a two-stage detector: backbone, neck and RPN (its tensor forward needs
+    # image metas for the proposals and failed with a TypeError)
+    from dfbf_mm.synthesis import inversion_target
+    with torch.no_grad():
+        outs = inversion_target(rcnn, 'detection', 'model')(x)
+    assert len(outs) == 15 and all(torch.is_tensor(t) for t in outs)
     detr = _stock('mmdet::detr/detr_r50_8xb2-150e_coco.py', init_cfg=None)
     outs = output_tensors(detr.backbone(x))
     check_stock_outputs(detr, outs, head=False)  # the neck alone is fine

@@ -12,42 +12,13 @@ The head is called on the neck's outputs alone (``head(feats)``), which the dens
 the three packages accept: mmdet's one-stage heads and a two-stage detector's RPN head (its
 RoI head needs proposals and is left out), mmpose's heads and mmpretrain's classifier heads.
 """
-from typing import List, Optional, Sequence
-
 import torch
 from torch import nn
 
-from ..utils import first_line, output_tensors
+from ..stock_model import dense_head, stock_outputs
+from ..utils import first_line
 
-# where the dense head sits: a two-stage detector's RPN before its `roi_head`, one-stage
-# detectors' `bbox_head`, mmpose / mmpretrain `head`
-HEAD_ATTRS = ('rpn_head', 'bbox_head', 'head')
-
-
-def dense_head(model: nn.Module) -> Optional[nn.Module]:
-    """The head that runs on the neck's outputs alone, or None."""
-    if hasattr(model, 'decoder') or hasattr(model, 'encoder'):
-        return None  # DETR family: the head reads the transformer's queries, not the features
-    for attr in HEAD_ATTRS:
-        head = getattr(model, attr, None)
-        if isinstance(head, nn.Module):
-            return head
-    return None
-
-
-def stock_outputs(model: nn.Module, backbone_outs: Sequence[torch.Tensor], head: bool):
-    """(neck outputs, head outputs) of ``model`` on ``backbone_outs``, each a list of tensors
-    (the neck's are the backbone's when the model has no neck; head: [] unless asked)."""
-    feats = tuple(backbone_outs)
-    neck = getattr(model, 'neck', None)
-    if isinstance(neck, nn.Module):
-        feats = neck(feats)
-    neck_outs = output_tensors(feats)
-    head_outs: List[torch.Tensor] = []
-    if head:
-        head_outs = output_tensors(dense_head(model)(feats if isinstance(feats, (tuple, list))
-                                                     else (feats,)))
-    return neck_outs, head_outs
+__all__ = ['check_stock_outputs', 'dense_head', 'stock_outputs']
 
 
 def check_stock_outputs(model: nn.Module, backbone_outs, head: bool) -> None:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..schema import INVERT, TASKS  # noqa: F401  (re-exported)
-from ..stock_model import build_model, get_backbone
-from ..utils import eval_mode, first_line
+from ..stock_model import build_model, get_backbone, stock_outputs
+from ..utils import eval_mode, first_line, output_tensors
 from .bn_statistics import bn_layers, model_name
 
 
@@ -48,6 +48,11 @@ class ModelTensors(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
+        if getattr(self.model, 'roi_head', None) is not None:
+            # a two-stage detector's tensor forward needs image metas for its proposals: the
+            # backbone, neck and RPN head instead (its RoI head is left out)
+            neck, head = stock_outputs(self.model, output_tensors(self.model.backbone(x)), head=True)
+            return tuple(neck + head)
         # mmpose's forward has no default for data_samples; mmdet's does
         return self.model(x, None, mode='tensor')
 
