@@ -11,6 +11,7 @@ from dfbf_mm.distillation.lop import ExpandedConv2d
 from dfbf_mm.engine import to_runner_config
 from dfbf_mm.registry import MODELS
 from dfbf_mm.stock_model import build_stock_model, stock_model_cfg
+from tiny_data import TINY_CLASSIFIER_CFG as STOCK
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MISSION_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'dfbf_*.py')))
@@ -39,13 +40,6 @@ def test_mission_config_becomes_a_runner_config(path):
     assert hooks == ['SyntheticDataHook', 'ChannelSpecHook', 'ExportHook']
 
 
-STOCK = """
-default_scope = 'mmpretrain'
-model = dict(type='ImageClassifier',
-             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8),
-             neck=dict(type='GlobalAveragePooling'),
-             head=dict(type='LinearClsHead', num_classes=3, in_channels=64))
-"""
 
 
 def test_lop_and_sp_in_the_distiller(tmp_path):

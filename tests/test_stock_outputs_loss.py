@@ -8,15 +8,9 @@ import dfbf_mm  # noqa: F401
 from dfbf_mm.distillation.model_outputs import check_stock_outputs, dense_head, stock_outputs
 from dfbf_mm.registry import MODELS
 from dfbf_mm.stock_model import build_stock_model, stock_model_cfg
+from tiny_data import TINY_CLASSIFIER_CFG as STOCK
 from dfbf_mm.utils import output_tensors
 
-STOCK = """
-default_scope = 'mmpretrain'
-model = dict(type='ImageClassifier',
-             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8),
-             neck=dict(type='GlobalAveragePooling'),
-             head=dict(type='LinearClsHead', num_classes=3, in_channels=64))
-"""
 
 
 def distiller(tmp_path, sparsity=0.5, **distill):

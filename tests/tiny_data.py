@@ -5,6 +5,15 @@ import os.path as osp
 import cv2
 import numpy as np
 
+# a small stock mmpretrain classifier config (ResNet-18 CIFAR, 8 wide, 3 classes)
+TINY_CLASSIFIER_CFG = """
+default_scope = 'mmpretrain'
+model = dict(type='ImageClassifier',
+             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(type='LinearClsHead', num_classes=3, in_channels=64))
+"""
+
 
 def imagenet_style_folder(root: str, num_classes: int = 3, per_class: int = 4, size: int = 32,
                           seed: int = 0) -> str:
