@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument('--sparsities', nargs='+', default=['cls=0.5', 'det=0.5,0.7', 'pose=0.5'],
                    help='TASK=S[,S...] uniform sparsities per task')
     p.add_argument('--seeds', type=int, nargs='+', default=[0], help='fine-tuning seeds')
+    p.add_argument('--epochs', type=int, default=None,
+                   help="fine-tuning epochs of the task budget (lr steps scaled with it; default: run.py's); "
+                        'use its own --out, results are keyed without it')
     p.add_argument('--generator', default='{}', help='JSON overrides of every task\'s generator preset')
     p.add_argument('--out', default='work_dirs/synthesis_methods')
     p.add_argument('--data', default='data/digits')
