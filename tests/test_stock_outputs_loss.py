@@ -88,3 +88,10 @@ def test_detectors_one_stage_head_two_stage_rpn_detr_refused():
         check_stock_outputs(detr, outs, head=True)
     msg = str(e.value)
     assert '\n' not in msg and msg.startswith('dfbf.distill.head_weight: DETR has no head')
+
+
+@pytest.mark.parametrize('key', ['neck_weight', 'head_weight'])
+def test_negative_weight_is_refused_in_one_line(key):
+    from dfbf_mm.distillation.feature_loss import FeatureMimicLoss
+    with pytest.raises(ValueError, match=f'^{key}: must be a number >= 0, got -1'):
+        FeatureMimicLoss(**{key: -1})

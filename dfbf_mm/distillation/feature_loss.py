@@ -69,6 +69,10 @@ class FeatureMimicLoss(nn.Module):
         depth_weights(1, weights)  # validate early
         self.distance = distance
         self.weights = weights
+        for name, value in (('out_weight', out_weight), ('neck_weight', neck_weight),
+                            ('head_weight', head_weight)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f'{name}: must be a number >= 0, got {value!r}')
         self.out_weight = float(out_weight)
         self.neck_weight = float(neck_weight)
         self.head_weight = float(head_weight)
