@@ -305,11 +305,17 @@ VIEWS = Block('dfbf.views', 'random augmented views of each training batch, the 
 ], optional=True)
 
 
-def views_block(v):
-    """``dfbf.views``: None / False (off), True (the defaults) or a dict of options."""
-    if v is None or v is False:
-        return None
-    return VIEWS.read(VIEWS.defaults() if v is True else v)
+def switchable(block: Block):
+    """The parser of an optional block that can also be switched on with its defaults:
+    None / False (off), True (the defaults) or a dict of options."""
+    def parse(v):
+        if v is None or v is False:
+            return None
+        return block.read(block.defaults() if v is True else v)
+    return parse
+
+
+views_block = switchable(VIEWS)
 
 
 def epoch_counts(v):
@@ -326,6 +332,18 @@ PROGRESSIVE = Block('dfbf.progressive', 'prune toward dfbf.pruner.target in step
     Option('epochs', None, 'epochs of each step, K numbers adding up to dfbf.schedule.epochs '
            '(default: schedule.epochs split evenly); each step restarts the lr schedule, scaled to it',
            epoch_counts),
+], optional=True)
+
+ONLINE = Block('dfbf.online', 'online synthesis: the image pool grows during fine-tuning, new '
+               'batches made against the current student (needs GeneratorSynthesizer; off unless '
+               'given; True: these defaults; docs/synthesis_methods.md)', [
+    Option('interval', 1, 'epochs between rounds of new batches', integer(1)),
+    Option('batches', 1, 'batches added per round (all ranks together)', integer(1)),
+    Option('begin', 1, 'epoch (0-based) of the first round', integer(0)),
+    Option('adv_weight', 1.0, 'weight of the adversarial term: the feature distance between teacher '
+           'and current student, maximised (0: off)', number()),
+    Option('grid_images', 64, 'images of each round written to <work_dir>/online_images.png (0: none)',
+           integer(0)),
 ], optional=True)
 
 DFBF = Block('dfbf', 'the experiment', [
@@ -355,9 +373,10 @@ DFBF = Block('dfbf', 'the experiment', [
            boolean),
     Option('progressive', None, PROGRESSIVE.doc, PROGRESSIVE.read),
     Option('views', None, VIEWS.doc, views_block),
+    Option('online', None, ONLINE.doc, switchable(ONLINE)),
 ])
 
-BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, PROGRESSIVE, VIEWS)
+BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, PROGRESSIVE, VIEWS, ONLINE)
 
 
 def loss_config(distill: dict) -> dict:
@@ -385,6 +404,8 @@ def read_dfbf(block) -> dict:
                   'dfbf.distill.loss' if explicit else 'dfbf.distill')
     if dfbf['progressive'] is not None:
         check_progressive(dfbf)
+    if dfbf['online'] is not None:
+        check_online(dfbf)
     if dfbf['sp_loss'] is not None:
         build_checked(MODELS, dict(type=dfbf['sp_loss']['type'],
                                    loss_weight=dfbf['sp_loss']['weight']), 'dfbf.sp_loss')
@@ -408,6 +429,16 @@ def check_progressive(dfbf: dict) -> None:
     if epochs is not None and (len(epochs) != steps or sum(epochs) != total):
         raise ValueError(f'dfbf.progressive.epochs: {epochs} must be {steps} numbers (steps) adding up '
                          f'to dfbf.schedule.epochs={total}')
+
+
+def check_online(dfbf: dict) -> None:
+    """One line unless ``dfbf.online`` fits: synthetic data from a GeneratorSynthesizer."""
+    if dfbf['train_data'] != 'synthetic':
+        raise ValueError(f"dfbf.online: grows the synthetic pool; dfbf.train_data is {dfbf['train_data']!r}")
+    kind = dfbf['synthesizer'].get('type')
+    if getattr(kind, '__name__', kind) != 'GeneratorSynthesizer':
+        raise ValueError(f"dfbf.online: needs dfbf.synthesizer=dict(type='GeneratorSynthesizer', ...) "
+                         f"(its meta generator continues during training), got {getattr(kind, '__name__', kind)!r}")
 
 
 def options_table() -> str:

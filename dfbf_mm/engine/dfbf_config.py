@@ -154,6 +154,8 @@ def to_runner_config(cfg: Config) -> Config:
         dfbf_hooks.insert(0, dict(type='ProgressivePruningHook', pruner=dfbf['pruner'],
                                   metric=progressive['metric'], targets=progressive['targets'],
                                   begins=progressive['begins'], input_size=data['image_size']))
+    if dfbf['online'] is not None:  # after the hooks above: the student is this epoch's
+        dfbf_hooks.append(dict(type='OnlineSynthesisHook', task=task, **dfbf['online']))
     if dfbf['train_data'] == 'synthetic':
         dfbf_hooks.insert(0, dict(type='SyntheticDataHook', task=task))
     stock_hooks = plain(cfg.get('custom_hooks') or []) if dfbf['keep_custom_hooks'] else []

@@ -13,7 +13,7 @@ fewer teacher passes per batch; chains are deterministic and a rank synthesises 
 so resuming and rank sharding still work.
 """
 import hashlib
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -91,6 +91,12 @@ class SyntheticImageDataset(Dataset):
         self._shape = None
         self._batches: Dict[int, torch.Tensor] = {}
         self.stats: Dict[str, float] = {}
+        # online mode (synthesis/online_pool.py): batches added while fine-tuning, and which
+        # of all images (offline first, then the added ones) this epoch's indices map to
+        self.pool: List[torch.Tensor] = []
+        self.task: Optional[str] = None
+        self.label_classes: Optional[int] = None
+        self.index_map: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.num_images
@@ -133,6 +139,7 @@ class SyntheticImageDataset(Dataset):
                         **({} if self.invert == 'auto' else dict(invert=self.invert)),
                         **({} if student is None else dict(student=hash_state_dict(student_model.state_dict()))))
         self.cache = BatchCache(self.cache_dir, key)
+        self.task, self.label_classes = task, num_classes  # the labels of batches added online
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}
         if hasattr(self.synthesizer, 'fill_cache'):  # a stateful stream (GeneratorSynthesizer)
@@ -206,6 +213,25 @@ class SyntheticImageDataset(Dataset):
             self._batches[b] = record['images']
         return self._batches[b]
 
+    @property
+    def pool_size(self) -> int:
+        """Images that can be drawn: the offline ones and every batch added to the pool."""
+        return self.num_images + self.batch_size * len(self.pool)
+
+    def resample(self, epoch: int, newest: int = 0) -> None:
+        """Which ``len(self)`` images of the pool this epoch trains on: the ``newest`` last
+        added ones, the rest drawn uniformly without replacement from all the others, seeded
+        by (seed, epoch) so a resumed run draws the same. The dataset length (and so the
+        iterations per epoch) stays ``num_images``."""
+        total = self.pool_size
+        newest = min(newest, self.num_images)
+        if total == self.num_images:
+            self.index_map = None
+            return
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, -(10**6) - epoch))
+        older = torch.randperm(total - newest, generator=gen)[:self.num_images - newest]
+        self.index_map = torch.cat([older, torch.arange(total - newest, total)])
+
     def __getitem__(self, index: int) -> dict:
         if self.cache is None:
             raise RuntimeError('synthetic_data: SyntheticImageDataset.prepare(teacher_model, task) '
@@ -213,4 +239,9 @@ class SyntheticImageDataset(Dataset):
         if not -self.num_images <= index < self.num_images:
             raise IndexError(f'index {index} out of range for {self.num_images} synthetic images')
         index %= self.num_images
+        if self.index_map is not None:
+            index = int(self.index_map[index])
+            if index >= self.num_images:
+                extra = index - self.num_images
+                return dict(inputs=self.pool[extra // self.batch_size][extra % self.batch_size])
         return dict(inputs=self._batch(index // self.batch_size)[index % self.batch_size])

@@ -210,7 +210,8 @@ class DeepInversionSynthesizer:
                    pixel_range: Tuple[torch.Tensor, torch.Tensor], seed: int,
                    labels: Optional[torch.Tensor] = None, progress: bool = True,
                    student: Optional[nn.Module] = None,
-                   init: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
+                   init: Optional[torch.Tensor] = None, adversary=None
+                   ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Optimise one batch; returns ``(images (N, C, H, W) normalised, stats)``.
 
         Args:
@@ -223,6 +224,8 @@ class DeepInversionSynthesizer:
             student: for the competition term (``adi_weight > 0``).
             init: start from these images instead of noise (warm start; see :meth:`warm_init`
                 and :meth:`warm_synthesizer` for the chains of SyntheticImageDataset).
+            adversary: a :class:`FeatureAdversary` the caller has entered; ``weight * term`` is
+                subtracted from the loss (online synthesis against the current student).
         """
         s = self.settings
         check_batch_shape(batch_size, image_size)
@@ -305,6 +308,10 @@ class DeepInversionSynthesizer:
                             out = target(xj)
                             student_out = student(xj) if s['adi_weight'] > 0 else None
                         terms = self._loss_terms(bn_hooks, xj, out, student_out, labels)
+                        if adversary is not None:
+                            terms['adv'] = adversary.term(xj)
+                            terms['loss'] = terms['loss'] - adversary.weight * terms['adv']
+                            student_passes += 1
                         terms['loss'].backward()
                         optimizer.step()
                         scheduler.step()

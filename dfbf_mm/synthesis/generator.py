@@ -168,8 +168,12 @@ class _Stream:
         return self.first_steps if self.done == 0 else self.settings['steps']
 
     def batch(self, target: nn.Module, batch_size: int, pixel_range, seed: int,
-              labels: Optional[torch.Tensor], loss_terms: Callable, bar) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Adapt a copy of the meta generator to one batch; update the meta state; the images."""
+              labels: Optional[torch.Tensor], loss_terms: Callable, bar, adversary=None
+              ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Adapt a copy of the meta generator to one batch; update the meta state; the images.
+
+        ``adversary`` (a :class:`FeatureAdversary`, entered by the caller): its term, weighted,
+        is subtracted from the loss of every step, refinement included (online synthesis)."""
         s = self.settings
         device = self.device
         start = time.perf_counter()
@@ -197,6 +201,7 @@ class _Stream:
         bn = MomentumBNLoss(target, s['first_bn_multiplier'], s['bn_momentum'], self.buffers)
         best = None
         steps = self.steps()
+        student_passes = 0
         with frozen_eval(target), bn:
             for _ in range(steps):
                 x = lo + (hi - lo) * torch.sigmoid(fast(z, labels).float())
@@ -211,6 +216,10 @@ class _Stream:
                 with autocast():
                     out = target(xj)
                 terms = loss_terms(bn, xj, out, labels)
+                if adversary is not None:  # new images where the student still differs
+                    terms['adv'] = adversary.term(xj)
+                    terms['loss'] = terms['loss'] - adversary.weight * terms['adv']
+                    student_passes += 1
                 terms['loss'].backward()
                 value = float(terms['loss'].item())
                 if best is None or s['keep'] == 'last' or value < best[0]:
@@ -240,8 +249,9 @@ class _Stream:
             if self.refiner is not None:  # per-pixel steps from the generated images
                 images, refined = self.refiner.synthesize(target, batch_size, tuple(images.shape[2:]),
                                                           pixel_range, seed, labels, progress=False,
-                                                          init=images)
+                                                          init=images, adversary=adversary)
                 steps += int(refined['teacher_passes'])
+                student_passes += int(refined['student_passes'])
                 if bar is not None:
                     bar.update(int(refined['teacher_passes']))
             with torch.no_grad():  # the plain BN loss of the kept images (as DeepInversion's bn_eval)
@@ -250,7 +260,7 @@ class _Stream:
                     target(images)
                     bn_eval = plain.loss().item()
         self.done += 1
-        stats = dict(best[3], bn_eval=bn_eval, teacher_passes=steps, student_passes=0,
+        stats = dict(best[3], bn_eval=bn_eval, teacher_passes=steps, student_passes=student_passes,
                      seconds=time.perf_counter() - start)
         return images, stats
 

@@ -17,6 +17,11 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
   (``refine_steps=0``, 10 generator steps per batch: the detection preset before it);
 * ``gen_wall``: the generator given ``di``'s synthesis wall time (measured in this run): more
   images, epochs cut so the fine-tuning iterations stay the same;
+* ``online`` / ``online_noadv``: ``gen``'s images as the start of a pool that grows while
+  fine-tuning (``dfbf.online``, ``--online``: a round of new generator batches every few
+  epochs against the current student, with / without the adversarial feature-distance term);
+  its teacher / student passes per image and synthesis time are the whole run's (offline
+  batches + every round), the fine-tuning iterations the same as ``gen``'s;
 * ``real``: the real train split (upper bound), same iterations;
 * ``<method>+mix``: the same images fine-tuned on random augmented views with CutMix between
   them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md).
@@ -40,7 +45,10 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
-BASE_METHODS = ('di', 'di_x2', 'di_x4', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall', 'real')
+BASE_METHODS = ('di', 'di_x2', 'di_x4', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
+                'online', 'online_noadv', 'real')
+# online rows: their offline start is gen's images (the same cache)
+ONLINE_START = {'online': 'gen', 'online_noadv': 'gen'}
 # the generator as it was before per-pixel refinement (the detection preset of session 5)
 NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
@@ -67,6 +75,8 @@ def parse_args(argv=None):
                    help="fine-tuning epochs of the task budget (lr steps scaled with it; default: run.py's); "
                         'use its own --out, results are keyed without it')
     p.add_argument('--generator', default='{}', help='JSON overrides of every task\'s generator preset')
+    p.add_argument('--online', default='{"interval": 4, "batches": 1, "begin": 4, "adv_weight": 1.0}',
+                   help='JSON dfbf.online of the online rows (online_noadv: adv_weight 0)')
     p.add_argument('--out', default='work_dirs/synthesis_methods')
     p.add_argument('--data', default='data/digits')
     p.add_argument('--out-md', default=None)
@@ -80,6 +90,7 @@ def parse_args(argv=None):
             p.error(f'--sparsities: {item!r} is not TASK=S[,S...] with TASK in {", ".join(bench.TASKS)}')
         args.sparsity[task] = [float(v) for v in values.split(',')]
     args.generator = json.loads(args.generator)
+    args.online = json.loads(args.online)
     return args
 
 
@@ -97,6 +108,8 @@ def synthesis(task, method, args, results, log):
     key = f'{task}|synthesis|{method}'
     if key in results:
         return results[key]
+    if method in ONLINE_START:  # the offline start; the rounds are timed while fine-tuning
+        return synthesis(task, ONLINE_START[method], args, results, log)
     cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
     data = cfg.dfbf['synthetic_data']
     data['cache_dir'] = osp.join(args.out, 'cache', task)
@@ -144,7 +157,7 @@ def finetune(task, method, sparsity, seed, args, results, log):
     cfg = base_config(task, args, sparsity, method, work_dir)
     budget = cfg.dfbf['synthetic_data']['num_images'] * cfg.dfbf['schedule']['epochs']
     if base_method(method) != 'real':
-        synth = results[f'{task}|synthesis|{base_method(method)}']
+        synth = results[f'{task}|synthesis|{ONLINE_START.get(base_method(method), base_method(method))}']
         cfg.dfbf['synthesizer'] = synth['synthesizer']
         cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
                                           cache_dir=osp.join(args.out, 'cache', task))
@@ -154,6 +167,8 @@ def finetune(task, method, sparsity, seed, args, results, log):
         scale = epochs / sched['epochs']
         sched.update(epochs=epochs, checkpoint_interval=epochs,
                      lr_steps=[max(1, round(s * scale)) for s in sched.get('lr_steps', [])])
+    if base_method(method) in ONLINE_START:
+        cfg.dfbf['online'] = dict(args.online, **(dict(adv_weight=0.0) if base_method(method) == 'online_noadv' else {}))
     cfg.dfbf['export'] = dict(profile=False)
     cfg.randomness = dict(seed=seed)
     if cfg.dfbf.get('views'):
@@ -167,6 +182,13 @@ def finetune(task, method, sparsity, seed, args, results, log):
     metrics = hook.metrics if hook.metrics is not None else runner.val_loop.run()
     record = dict(metric=bench.metric_of(metrics, task), pruned=pruned, finetune_s=hook.train_s,
                   epochs=cfg.dfbf['schedule']['epochs'])
+    online = [h for h in runner.hooks if type(h).__name__ == 'OnlineSynthesisHook']
+    if online:  # the whole run's synthesis: the offline start and every round
+        stats = online[0].pool.stats()
+        record['synthesis'] = dict(
+            num_images=stats['images'], wall_s=synth['wall_s'] + stats['online_seconds'],
+            online=cfg.dfbf['online'],
+            **{k: stats[k] for k in ('teacher_passes_per_image', 'student_passes_per_image')})
     log(f'[finetune] {key}: {record}')
     results[key] = record
     return record
@@ -180,7 +202,9 @@ def table(results, args):
                  di_x4='DeepInversion, 1/4 the steps on 4x the images', gen='generator, same images',
                  gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)',
                  gen_norefine='generator without refinement, same images',
-                 gen_norefine_wall='generator without refinement, DeepInversion\'s wall time')
+                 gen_norefine_wall='generator without refinement, DeepInversion\'s wall time',
+                 online='online: generator pool grown while fine-tuning, adversarial term',
+                 online_noadv='online: generator pool grown while fine-tuning, no adversarial term')
     names.update({m + sfx: f'{names[m]}, {what}' for sfx, what in SUFFIXES.items() for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')
@@ -194,6 +218,10 @@ def table(results, args):
                     continue
                 mean = sum(r['metric'] for r in runs) / len(runs)
                 synth = results.get(f'{task}|synthesis|{base_method(m)}', {})
+                if 'synthesis' in runs[0]:  # online: the rows' own synthesis (mean over seeds)
+                    synth = {k: sum(r['synthesis'][k] for r in runs) / len(runs) for k in
+                             ('teacher_passes_per_image', 'wall_s')}
+                    synth['num_images'] = runs[0]['synthesis']['num_images']
                 lines.append('| ' + ' | '.join([
                     task, f'{s:g}', names[m], str(synth.get('num_images', '')),
                     f"{synth['teacher_passes_per_image']:.1f}" if synth else '',
