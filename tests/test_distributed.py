@@ -22,7 +22,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
+def _torchrun(tmp_path, options, block=DFBF_BLOCK):
+    """The stock mmpretrain tools/train.py on 2 gloo processes; (log, work dir)."""
     data = imagenet_style_folder(str(tmp_path / 'val'), per_class=2)
     stock_cfg = STOCK_CFG.format(data=data)
     stock_file = tmp_path / 'stock.py'
@@ -30,7 +31,7 @@ def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
     torch.save({'state_dict': build_stock_model(Config.fromfile(str(stock_file))).state_dict()},
                tmp_path / 'teacher.pth')
     cfg_file = tmp_path / 'dfbf_ddp.py'
-    cfg_file.write_text(stock_cfg + DFBF_BLOCK.format(teacher=tmp_path / 'teacher.pth'))
+    cfg_file.write_text(stock_cfg + block.format(teacher=tmp_path / 'teacher.pth'))
     stock_train = osp.join(osp.dirname(__import__('mmpretrain').__file__), '.mim', 'tools',
                            'train.py')
     work = tmp_path / 'work'
@@ -38,11 +39,16 @@ def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
          '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), stock_train,
          str(cfg_file), '--launcher', 'pytorch', '--work-dir', str(work), '--no-persistent-workers',
-         '--cfg-options', 'dfbf.synthesizer.iterations=5', 'dfbf.schedule.epochs=1',
-         'dfbf.synthetic_data.num_images=8', 'dfbf.synthetic_data.batch_size=2'],
+         '--cfg-options', *options],
         capture_output=True, text=True, timeout=600)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
+    return log, work
+
+
+def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
+    log, work = _torchrun(tmp_path, ['dfbf.synthesizer.iterations=5', 'dfbf.schedule.epochs=1',
+                                     'dfbf.synthetic_data.num_images=8', 'dfbf.synthetic_data.batch_size=2'])
     # 4 batches of 2, sharded: each rank generated exactly its 2, none twice
     assert '[rank 0/2] synthetic data: generated 2 batches, reused 0' in log
     assert '[rank 1/2] synthetic data: generated 2 batches, reused 0' in log
@@ -50,3 +56,21 @@ def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
     # rank 0 alone exported, and the export loads with the plain tools
     assert log.count('exported the pruned model') == 1
     assert osp.isfile(work / 'export' / 'pruned.pth')
+
+
+def test_two_process_online_synthesis_shares_each_round(tmp_path):
+    generator = DFBF_BLOCK.replace("type='DeepInversionSynthesizer', preset='classification', iterations=30,\n"
+                                   "                     warmup_iters=2",
+                                   "type='GeneratorSynthesizer', preset='classification', steps=2, first_steps=2")
+    assert 'GeneratorSynthesizer' in generator
+    log, work = _torchrun(tmp_path, [
+        'dfbf.online.interval=1', 'dfbf.online.batches=2', 'dfbf.online.begin=1', 'dfbf.schedule.epochs=2',
+        'dfbf.schedule.lr_steps=[2]', 'dfbf.synthetic_data.num_images=4', 'dfbf.synthetic_data.batch_size=2'],
+        generator)
+    # the round of 2 batches at epoch 1: one per rank, both read by both
+    assert '[rank 0/2] online synthesis round 0: generated 1 batches, reused 0' in log
+    assert '[rank 1/2] online synthesis round 0: generated 1 batches, reused 0' in log
+    assert len(glob.glob(str(work / 'online_pool' / '*' / 'batch_*.pt'))) == 2
+    assert len(glob.glob(str(work / 'online_pool' / '*' / 'stream_rank*.pt'))) == 2
+    assert 'round 0 (epoch 1): +2 batches, pool 8 images' in log
+    assert log.count('exported the pruned model') == 1
