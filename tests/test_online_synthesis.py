@@ -8,25 +8,19 @@ import torch
 from mmengine.config import Config
 
 import dfbf_mm  # noqa: F401
-from dfbf_mm.engine import DataFreeDistillRunner
 from dfbf_mm.pruning import L1FilterPruner
 from dfbf_mm.registry import DATASETS
 from dfbf_mm.schema import read_dfbf
 from dfbf_mm.stock_model import build_stock_model, pixel_range
 from dfbf_mm.synthesis import DeepInversionSynthesizer, FeatureAdversary, OnlinePool, inversion_target
 
+from test_generator_synthesis import MODEL, PRE, SYNTH
+from test_progressive import _run as _train
 from test_walking_skeleton import STOCK_CFG
 from tiny_data import imagenet_style_folder
 
 torch.set_num_threads(1)
 
-MODEL = dict(type='ImageClassifier',
-             backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=4, base_channels=4),
-             neck=dict(type='GlobalAveragePooling'),
-             head=dict(type='LinearClsHead', num_classes=5, in_channels=32))
-PRE = dict(type='ClsDataPreprocessor', mean=[120., 110., 100.], std=[60., 50., 40.], to_rgb=True)
-SYNTH = dict(type='GeneratorSynthesizer', preset='classification', steps=2, first_steps=3,
-             channels=4, latent_dim=8)
 TAPS = ['layer1.0.bn2', 'layer2.0.bn2']
 
 
@@ -168,14 +162,6 @@ dfbf = dict(teacher_checkpoint='{teacher}',
     schedule=dict(epochs=3, lr=0.01, lr_steps=[2]),
     export=dict(profile=False), online=dict(interval=1, batches=2, begin=1, adv_weight=1.0))
 """
-
-
-def _train(cfg_file, work_dir, resume=False):
-    cfg = Config.fromfile(cfg_file)
-    cfg.work_dir, cfg.resume = work_dir, resume
-    runner = DataFreeDistillRunner.from_cfg(cfg)
-    runner.train()
-    return runner
 
 
 def test_online_run_grows_the_pool_checkpoints_its_key_and_resumes(tmp_path):
