@@ -196,3 +196,29 @@ def test_online_run_grows_the_pool_checkpoints_its_key_and_resumes(tmp_path):
     assert '2 batches of earlier rounds' in log  # round 0, read back
     assert 'restarts from the offline generator' not in log
     assert osp.isfile(osp.join(work, 'export', 'pruned.pth'))
+
+
+@pytest.mark.parametrize('name, extra', [
+    ('dfbf_yolox_coco.py', []),
+    # a two-stage detector inverted whole (backbone + neck + RPN); its random boxes scored
+    ('dfbf_faster_rcnn_r50_coco.py', ['dfbf.synthetic_data.invert=model', 'model.test_cfg.rcnn.score_thr=0.0'])])
+def test_online_at_the_real_architecture(name, extra, tmp_path):
+    """A shipped detection config switched to the generator + online rounds, as a user would
+    (--cfg-options on the stock train tool): random teacher, 64 px, two epochs, one round."""
+    from test_shipped_configs import REPO, run, tiny_budget
+    from tiny_val_sets import all_val_sets
+    path = osp.join(REPO, 'configs', name)
+    cfg = Config.fromfile(path)
+    cfg.dfbf.synthesizer = dict(type='GeneratorSynthesizer', preset='detection')
+    teacher = str(tmp_path / 'teacher.pth')
+    torch.save({'state_dict': build_stock_model(cfg).state_dict()}, teacher)
+    options = tiny_budget(cfg, teacher) + extra + [
+        'dfbf.synthesizer.type=GeneratorSynthesizer', 'dfbf.synthesizer.preset=detection',
+        'dfbf.synthetic_data.image_size=[64,64]', 'dfbf.schedule.epochs=2', 'dfbf.schedule.lr_steps=[2]',
+        'dfbf.schedule.val_interval=2', 'dfbf.online.interval=1', 'dfbf.online.batches=1']
+    work = tmp_path / 'work'
+    out = run([osp.join(REPO, 'tools', 'train.py'), path, '--work-dir', str(work), '--cfg-options', *options],
+              all_val_sets(str(tmp_path / 'val')), tmp_path / 'train.log')
+    # offline: 1 + 1 refinement step; the round: 1 + 1 with a student pass each
+    assert 'online synthesis: round 0 (epoch 1): +1 batches, pool 4 images; 2.0 teacher and 1.0 student' in out
+    assert osp.isfile(work / 'online_images.png') and osp.isfile(work / 'export' / 'pruned.pth')
