@@ -130,6 +130,11 @@ def test_pool_schedule_resample_and_rank_shares(tmp_path, pair):
     assert torch.equal(d0[drawn.index(5)]['inputs'], added[0][1])
     stats = p0.stats()
     assert stats['images'] == 8 and stats['teacher_passes_per_image'] == pytest.approx((3 + 2 + 2 + 2) / 4)
+    # a resumed run whose earlier round lost a batch file goes on with what is left
+    import os
+    os.remove(p0.cache.path(p0.index(0, 1)))
+    d3, p3 = pool(tmp_path / 'c', resumed=True, epoch=2)
+    assert len(d3.pool) == 1 and torch.equal(d3.pool[0], added[0])
     with pytest.raises(RuntimeError, match='batch 1 of round 1 is missing'):
         p0.make_round(1, target, pixel_range(teacher))
         p0.load_round(1)

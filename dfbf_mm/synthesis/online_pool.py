@@ -114,8 +114,10 @@ class OnlinePool:
             self.state = dict(round=-1, made=0)
         d.pool = []
         self.batch_stats = [((d.cache.load(b, d._shape) or {}).get('stats') or {}) for b in range(d.num_batches)]
-        for rnd in range(done):
-            self.load_round(rnd)
+        lost = sum(self.batches - len(self.load_round(rnd, required=False)) for rnd in range(done))
+        if lost:  # made before the checkpoint and since removed: the pool goes on without them
+            print_log(f'dfbf.online: {lost} batches of rounds before epoch {epoch} are missing from '
+                      f'{self.cache.dir}; continuing with the {len(d.pool)} found', logger='current', level=30)
 
     def _load_stream(self, rank: int) -> Optional[dict]:
         path = self._state_path(rank)
@@ -167,12 +169,15 @@ class OnlinePool:
         self.state = dict(round=rnd, made=len(mine))
         return dict(generated=len(todo), reused=len(mine) - len(todo))
 
-    def load_round(self, rnd: int) -> List[torch.Tensor]:
-        """Append round ``rnd``'s batches (every rank's) to ``dataset.pool``."""
+    def load_round(self, rnd: int, required: bool = True) -> List[torch.Tensor]:
+        """Append round ``rnd``'s batches (every rank's) to ``dataset.pool``; a missing one
+        is an error, or (``required=False``) left out."""
         d = self.dataset
         added = []
         for j in range(self.batches):
             record = self.cache.load(self.index(rnd, j), d._shape)
+            if record is None and not required:
+                continue
             if record is None:
                 raise RuntimeError(f'dfbf.online: batch {j} of round {rnd} is missing from '
                                    f'{self.cache.dir}; every rank must make its share first')
