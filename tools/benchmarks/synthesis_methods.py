@@ -195,8 +195,8 @@ def finetune(task, method, sparsity, seed, args, results, log):
 
 
 def table(results, args):
-    lines = ['| task | sparsity | method | images | teacher passes / image | synthesis s | '
-             'metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 10]
+    lines = ['| task | sparsity | method | images | teacher passes / image | student passes / image | '
+             'synthesis s | metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 11]
     names = dict(di='DeepInversion (task config, `fast`-based)',
                  di_x2='DeepInversion, 1/2 the steps on 2x the images',
                  di_x4='DeepInversion, 1/4 the steps on 4x the images', gen='generator, same images',
@@ -220,11 +220,12 @@ def table(results, args):
                 synth = results.get(f'{task}|synthesis|{base_method(m)}', {})
                 if 'synthesis' in runs[0]:  # online: the rows' own synthesis (mean over seeds)
                     synth = {k: sum(r['synthesis'][k] for r in runs) / len(runs) for k in
-                             ('teacher_passes_per_image', 'wall_s')}
+                             ('teacher_passes_per_image', 'student_passes_per_image', 'wall_s')}
                     synth['num_images'] = runs[0]['synthesis']['num_images']
                 lines.append('| ' + ' | '.join([
                     task, f'{s:g}', names[m], str(synth.get('num_images', '')),
                     f"{synth['teacher_passes_per_image']:.1f}" if synth else '',
+                    f"{synth.get('student_passes_per_image', 0):.1f}" if synth else '',
                     f"{synth['wall_s']:.0f}" if synth else '',
                     ', '.join(f"{r['metric']:.2f}" for r in runs), f'{mean:.2f}',
                     f'{100 * mean / teacher:.1f}' if teacher else '',
