@@ -337,9 +337,9 @@ PROGRESSIVE = Block('dfbf.progressive', 'prune toward dfbf.pruner.target in step
 ONLINE = Block('dfbf.online', 'online synthesis: the image pool grows during fine-tuning, new '
                'batches made against the current student (needs GeneratorSynthesizer; off unless '
                'given; True: these defaults; docs/synthesis_methods.md)', [
-    Option('interval', 1, 'epochs between rounds of new batches', integer(1)),
+    Option('interval', 2, 'epochs between rounds of new batches', integer(1)),
     Option('batches', 1, 'batches added per round (all ranks together)', integer(1)),
-    Option('begin', 1, 'epoch (0-based) of the first round', integer(0)),
+    Option('begin', 2, 'epoch (0-based) of the first round', integer(0)),
     Option('adv_weight', 1.0, 'weight of the adversarial term: the feature distance between teacher '
            'and current student, maximised (0: off)', number()),
     Option('grid_images', 64, 'images of each round written to <work_dir>/online_images.png (0: none)',

@@ -143,7 +143,7 @@ def test_pool_schedule_resample_and_rank_shares(tmp_path, pair):
 def test_online_rejects_settings_that_cannot_work():
     base = dict(teacher_checkpoint='t.pth', pruner=dict(type='L1FilterPruner', sparsity=0.5),
                 synthesizer=dict(type='GeneratorSynthesizer'))
-    assert read_dfbf(dict(base, online=True))['online'] == dict(interval=1, batches=1, begin=1,
+    assert read_dfbf(dict(base, online=True))['online'] == dict(interval=2, batches=1, begin=2,
                                                                  adv_weight=1.0, grid_images=64)
     assert read_dfbf(dict(base, online=False))['online'] is None
     for online, extra, match in (

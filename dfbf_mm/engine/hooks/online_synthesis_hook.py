@@ -28,7 +28,7 @@ class OnlineSynthesisHook(Hook):
 
     priority = 'NORMAL'  # after SyntheticDataHook (the offline pool) and ProgressivePruningHook
 
-    def __init__(self, task: str, interval: int = 1, batches: int = 1, begin: int = 1,
+    def __init__(self, task: str, interval: int = 2, batches: int = 1, begin: int = 2,
                  adv_weight: float = 1.0, grid_images: int = 64):
         self.task = task
         self.settings = dict(interval=interval, batches=batches, begin=begin, adv_weight=adv_weight)
