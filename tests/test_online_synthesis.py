@@ -220,7 +220,7 @@ def test_online_at_the_real_architecture(name, extra, tmp_path):
     options = tiny_budget(cfg, teacher) + extra + [
         'dfbf.synthesizer.type=GeneratorSynthesizer', 'dfbf.synthesizer.preset=detection',
         'dfbf.synthetic_data.image_size=[64,64]', 'dfbf.schedule.epochs=2', 'dfbf.schedule.lr_steps=[2]',
-        'dfbf.schedule.val_interval=2', 'dfbf.online.interval=1', 'dfbf.online.batches=1']
+        'dfbf.schedule.val_interval=2', 'dfbf.online.interval=1', 'dfbf.online.batches=1', 'dfbf.online.begin=1']
     work = tmp_path / 'work'
     out = run([osp.join(REPO, 'tools', 'train.py'), path, '--work-dir', str(work), '--cfg-options', *options],
               all_val_sets(str(tmp_path / 'val')), tmp_path / 'train.log')
