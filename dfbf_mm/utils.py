@@ -5,12 +5,14 @@
   and Paoding's layer names alike;
 - :func:`eval_mode`: modules in eval mode (optionally frozen) inside, as they were after;
 - :func:`first_line`: the one-line text of an exception;
-- :func:`output_tensors`: the tensors of a model output (tensor or nested tuple/list/dict).
+- :func:`output_tensors`: the tensors of a model output (tensor or nested tuple/list/dict);
+- :class:`FeatureRecorder` / :func:`named_features`: outputs of named submodules in a forward
+  (the distiller's taps, the online adversary's).
 """
 import contextlib
 import fnmatch
 import re
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -77,5 +79,45 @@ def output_tensors(out) -> List[torch.Tensor]:
     return []
 
 
-__all__: Sequence[str] = ['pattern_matches', 'matches_any', 'check_pattern', 'eval_mode',
+class FeatureRecorder:
+    """Records the outputs of named submodules during a forward pass (forward hooks)."""
+
+    def __init__(self, module: nn.Module, names: Sequence[str]):
+        self.names = list(names)
+        self.features: Dict[str, torch.Tensor] = {}
+        modules = dict(module.named_modules())
+        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
+
+    def _hook(self, name):
+        def record(module, inputs, output):
+            self.features[name] = output
+        return record
+
+    def pop(self) -> List[torch.Tensor]:
+        """The recorded features in tap order; clears the record for the next pass."""
+        missing = [n for n in self.names if n not in self.features]
+        if missing:
+            raise RuntimeError(f'feature tap {missing[0]!r} was not called in the forward pass')
+        feats = [self.features[n] for n in self.names]
+        self.features = {}
+        return feats
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def named_features(module: nn.Module, inputs: torch.Tensor, names: Sequence[str]
+                   ) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+    """Run ``module`` once; return ({name: that submodule's output}, the module's outputs)."""
+    recorder = FeatureRecorder(module, names)
+    try:
+        outs = module(inputs)
+        return dict(zip(recorder.names, recorder.pop())), output_tensors(outs)
+    finally:
+        recorder.remove()
+
+
+__all__: Sequence[str] = ['FeatureRecorder', 'named_features', 'pattern_matches', 'matches_any', 'check_pattern', 'eval_mode',
                           'first_line', 'output_tensors']

@@ -19,8 +19,8 @@ from ..pruning import build_student
 from ..registry import MODELS
 from ..schema import DISTILL, OVERPARAM, SP_LOSS, loss_config, views_block
 from ..stock_model import build_teacher, input_channels, pixel_range
-from ..utils import eval_mode, output_tensors
-from .feature_taps import FeatureRecorder, select_taps
+from ..utils import eval_mode, named_features, output_tensors
+from .feature_taps import select_taps
 from .lop import expand_model, merge_model, merged_copy
 from .model_outputs import check_stock_outputs, stock_outputs
 from .views import build_views
@@ -28,12 +28,7 @@ from .views import build_views
 
 def backbone_features(backbone: nn.Module, images: torch.Tensor, taps: Sequence[str]):
     """Run ``backbone`` once; return ({tap: feature}, backbone outputs)."""
-    recorder = FeatureRecorder(backbone, taps)
-    try:
-        outs = backbone(images)
-        return dict(zip(recorder.names, recorder.pop())), output_tensors(outs)
-    finally:
-        recorder.remove()
+    return named_features(backbone, images, taps)
 
 
 @MODELS.register_module()

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from ..utils import eval_mode, matches_any, pattern_matches
+from ..utils import FeatureRecorder, eval_mode, matches_any, pattern_matches  # noqa: F401 (re-exported)
 
 NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
@@ -66,32 +66,3 @@ def select_taps(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
             raise ValueError(f'distill.taps: pattern {unmatched[0]!r} matches no module called in '
                              f'the backbone forward (e.g. {", ".join(list(student_modules)[1:4])})')
     return candidates
-
-
-class FeatureRecorder:
-    """Records the outputs of named submodules during a forward pass (forward hooks)."""
-
-    def __init__(self, module: nn.Module, names: Sequence[str]):
-        self.names = list(names)
-        self.features: Dict[str, torch.Tensor] = {}
-        modules = dict(module.named_modules())
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
-
-    def _hook(self, name):
-        def record(module, inputs, output):
-            self.features[name] = output
-        return record
-
-    def pop(self) -> List[torch.Tensor]:
-        """The recorded features in tap order; clears the record for the next pass."""
-        missing = [n for n in self.names if n not in self.features]
-        if missing:
-            raise RuntimeError(f'feature tap {missing[0]!r} was not called in the forward pass')
-        feats = [self.features[n] for n in self.names]
-        self.features = {}
-        return feats
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []

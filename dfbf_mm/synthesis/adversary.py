@@ -9,34 +9,15 @@ inversion target runs the teacher backbone: the backbone itself, the tensor-mode
 whole classifier), so the term costs one student forward+backward per step and no extra teacher
 pass. The student runs frozen in eval mode: its BN statistics and gradients stay untouched.
 """
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..utils import eval_mode, output_tensors
+from ..utils import FeatureRecorder, eval_mode, named_features, output_tensors
 
 # (student taps, teacher taps, student backbone outputs, teacher backbone outputs) -> distance
 Distance = Callable[[List[torch.Tensor], List[torch.Tensor], list, list], torch.Tensor]
-
-
-class _Recorder:
-    """Outputs of named submodules (and of the module itself, under ``''``) per forward."""
-
-    def __init__(self, module: nn.Module, names: Sequence[str]):
-        modules = dict(module.named_modules())
-        self.features: Dict[str, object] = {}
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in [''] + list(names)]
-
-    def _hook(self, name):
-        def record(module, inputs, output):
-            self.features[name] = output
-        return record
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 class FeatureAdversary:
@@ -60,11 +41,11 @@ class FeatureAdversary:
             raise ValueError(f'adv_weight: must be a positive number, got {weight!r}')
         self.teacher, self.student = teacher_backbone, student_backbone
         self.taps, self.distance, self.weight = list(taps), distance, float(weight)
-        self._recorder: Optional[_Recorder] = None
+        self._recorder: Optional[FeatureRecorder] = None
         self._frozen = None
 
     def __enter__(self) -> 'FeatureAdversary':
-        self._recorder = _Recorder(self.teacher, self.taps)
+        self._recorder = FeatureRecorder(self.teacher, [''] + self.taps)  # '': the backbone itself
         self._frozen = eval_mode(self.student, frozen=True)
         self._frozen.__enter__()
         return self
@@ -78,20 +59,12 @@ class FeatureAdversary:
         """The distance on ``images``; the teacher part comes from the last teacher forward."""
         if self._recorder is None:
             raise RuntimeError('FeatureAdversary.term: use it inside `with adversary:`')
-        recorded = self._recorder.features
-        if '' not in recorded:
+        if '' not in self._recorder.features:
             raise RuntimeError('FeatureAdversary: the inversion target did not run the teacher '
                                'backbone, so there are no teacher features to compare with')
-        teacher = [recorded[n] for n in self.taps]
-        t_outs = output_tensors(recorded[''])
-        self._recorder.features = {}
-        student = _Recorder(self.student, self.taps)
-        try:
-            s_outs = output_tensors(self.student(images))
-            s_taps = [student.features[n] for n in self.taps]
-        finally:
-            student.remove()
-        return self.distance(s_taps, teacher, s_outs, t_outs)
+        t_outs, *teacher = self._recorder.pop()
+        student, s_outs = named_features(self.student, images, self.taps)
+        return self.distance([student[n] for n in self.taps], teacher, s_outs, output_tensors(t_outs))
 
 
 __all__ = ['FeatureAdversary']

@@ -77,10 +77,15 @@ class BatchCache:
         return None
 
     def save(self, index: int, images: torch.Tensor, **extra) -> None:
-        """Write batch ``index`` atomically: temp file in the same directory, then rename."""
+        """Write batch ``index`` atomically (:func:`atomic_save`)."""
         os.makedirs(self.dir, exist_ok=True)
-        path = self.path(index)
-        tmp = f'{path}.tmp{os.getpid()}'
-        torch.save(dict(key=self.key, index=index, images=images.detach().float().cpu().contiguous(),
-                        **extra), tmp)
-        os.replace(tmp, path)
+        atomic_save(dict(key=self.key, index=index, images=images.detach().float().cpu().contiguous(),
+                         **extra), self.path(index))
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temp file in the same directory, then rename: a killed run never
+    leaves a half-written file under ``path``."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -91,6 +91,7 @@ class SyntheticImageDataset(Dataset):
         self._shape = None
         self._batches: Dict[int, torch.Tensor] = {}
         self.stats: Dict[str, float] = {}
+        self.batch_stats: List[dict] = []
         # online mode (synthesis/online_pool.py): batches added while fine-tuning, and which
         # of all images (offline first, then the added ones) this epoch's indices map to
         self.pool: List[torch.Tensor] = []
@@ -191,6 +192,7 @@ class SyntheticImageDataset(Dataset):
         every cached batch (what the images cost, warm-ups and chain heads included), logged."""
         records = [self.cache.load(b, self._shape) for b in range(self.num_batches)]
         stats = [r.get('stats') or {} for r in records if r is not None]
+        self.batch_stats = stats  # per cached batch; the online pool adds its rounds' to them
         if not stats or any('teacher_passes' not in s for s in stats):
             self.stats = {}
             return

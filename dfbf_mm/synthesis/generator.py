@@ -28,7 +28,6 @@ Teacher passes (forward+backward) are counted per batch, the stream's longer fir
 """
 import copy
 import math
-import os
 import os.path as osp
 import time
 import contextlib
@@ -42,6 +41,7 @@ from tqdm import tqdm
 
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss, batch_statistics
+from .cache import atomic_save
 from .deepinversion import DeepInversionSynthesizer, check_batch_shape, class_term, frozen_eval, is_logits
 from .inversion_target import check_image_size
 from .presets import GENERATOR_SETTINGS_DOC, get_generator_preset, with_overrides
@@ -395,10 +395,7 @@ class GeneratorSynthesizer:
         return None
 
     def _save_state(self, cache, stream: int, state: dict) -> None:
-        path = self._state_path(cache, stream)
-        tmp = f'{path}.tmp{os.getpid()}'
-        torch.save(dict(state, key=cache.key, stream=stream), tmp)
-        os.replace(tmp, path)
+        atomic_save(dict(state, key=cache.key, stream=stream), self._state_path(cache, stream))
 
     def fill_cache(self, dataset, target: nn.Module, pixel_range, labels_of: Callable[[int], Optional[torch.Tensor]],
                    num_classes: Optional[int] = None, rank: int = 0, world_size: int = 1, progress: bool = True) -> Dict[str, int]:

@@ -20,8 +20,6 @@ Where things live, and why it resumes:
 * DDP: rank r makes the round's batches j with ``j % world_size == r``; after a barrier
   (the hook's) every rank reads all of them.
 """
-import hashlib
-import json
 import os
 import os.path as osp
 from typing import Dict, List, Optional
@@ -30,7 +28,7 @@ import torch
 from mmengine.logging import print_log
 from tqdm import tqdm
 
-from .cache import BatchCache
+from .cache import BatchCache, atomic_save, cache_key
 from .dataset import SyntheticImageDataset, batch_seed
 from .generator import GeneratorSynthesizer, _Stream
 
@@ -77,8 +75,7 @@ class OnlinePool:
 
     @staticmethod
     def key(offline_key: str, settings: dict, student_hash: str) -> str:
-        blob = json.dumps(dict(offline=offline_key, online=settings, student=student_hash), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return cache_key(student_hash, offline=offline_key, online=settings)
 
     # ------------------------------------------------------------------ opening / resuming
     def _state_path(self, rank: int) -> str:
@@ -113,7 +110,7 @@ class OnlinePool:
                 self.stream.load_state_dict(offline)
             self.state = dict(round=-1, made=0)
         d.pool = []
-        self.batch_stats = [((d.cache.load(b, d._shape) or {}).get('stats') or {}) for b in range(d.num_batches)]
+        self.batch_stats = list(d.batch_stats)  # the offline batches' (read by prepare)
         lost = sum(self.batches - len(self.load_round(rnd, required=False)) for rnd in range(done))
         if lost:  # made before the checkpoint and since removed: the pool goes on without them
             print_log(f'dfbf.online: {lost} batches of rounds before epoch {epoch} are missing from '
@@ -135,10 +132,8 @@ class OnlinePool:
         return None
 
     def _save_stream(self) -> None:
-        path = self._state_path(self.rank)
-        tmp = f'{path}.tmp{os.getpid()}'
-        torch.save(dict(key=self.cache.key, stream=self.stream.state_dict(), **self.state), tmp)
-        os.replace(tmp, path)
+        atomic_save(dict(key=self.cache.key, stream=self.stream.state_dict(), **self.state),
+                    self._state_path(self.rank))
 
     # ------------------------------------------------------------------ a round
     def make_round(self, rnd: int, target, pixel_range, adversary=None, progress: bool = True) -> Dict[str, int]:
