@@ -335,8 +335,8 @@ PROGRESSIVE = Block('dfbf.progressive', 'prune toward dfbf.pruner.target in step
 ], optional=True)
 
 ONLINE = Block('dfbf.online', 'online synthesis: the image pool grows during fine-tuning, new '
-               'batches made against the current student (needs GeneratorSynthesizer; off unless '
-               'given; True: these defaults; docs/synthesis_methods.md)', [
+               'batches made against the current student by the synthesizer (GeneratorSynthesizer or '
+               'DeepInversionSynthesizer; off unless given; True: these defaults; docs/synthesis_methods.md)', [
     Option('interval', 2, 'epochs between rounds of new batches', integer(1)),
     Option('batches', 1, 'batches added per round (all ranks together)', integer(1)),
     Option('begin', 2, 'epoch (0-based) of the first round', integer(0)),
@@ -432,13 +432,15 @@ def check_progressive(dfbf: dict) -> None:
 
 
 def check_online(dfbf: dict) -> None:
-    """One line unless ``dfbf.online`` fits: synthetic data from a GeneratorSynthesizer."""
+    """One line unless ``dfbf.online`` fits: synthetic data from a GeneratorSynthesizer or a
+    DeepInversionSynthesizer."""
     if dfbf['train_data'] != 'synthetic':
         raise ValueError(f"dfbf.online: grows the synthetic pool; dfbf.train_data is {dfbf['train_data']!r}")
     kind = dfbf['synthesizer'].get('type')
-    if getattr(kind, '__name__', kind) != 'GeneratorSynthesizer':
-        raise ValueError(f"dfbf.online: needs dfbf.synthesizer=dict(type='GeneratorSynthesizer', ...) "
-                         f"(its meta generator continues during training), got {getattr(kind, '__name__', kind)!r}")
+    kind = getattr(kind, '__name__', kind)
+    if kind not in ('GeneratorSynthesizer', 'DeepInversionSynthesizer'):
+        raise ValueError(f"dfbf.online: needs dfbf.synthesizer of type 'GeneratorSynthesizer' or "
+                         f"'DeepInversionSynthesizer' (they make the online batches), got {kind!r}")
 
 
 def options_table() -> str:

@@ -140,14 +140,54 @@ def test_pool_schedule_resample_and_rank_shares(tmp_path, pair):
         p0.load_round(1)
 
 
+DI = dict(type='DeepInversionSynthesizer', preset='fast', iterations=4, half_res_iterations=0,
+          coarse_iterations=0, settle_iters=0)
+
+
+def test_pool_of_deepinversion_rounds_against_the_student(tmp_path, pair):
+    """A DeepInversion pool: each online batch from noise with its own seed, made against the
+    student, resumable within a round; ADI's own competition term is refused."""
+    teacher, student = pair
+    target = inversion_target(teacher, 'classification')
+    ds = DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2, image_size=(8, 8),
+                             synthesizer=DI, cache_dir=str(tmp_path / 'c'), seed=0))
+    ds.prepare(teacher, 'classification', progress=False)
+    p = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=3)
+    p.open(str(tmp_path / 'pool'), 'k', 0, False, torch.device('cpu'))
+    assert p.stream is None
+    adversary = FeatureAdversary(teacher.backbone, student.backbone, TAPS, l1, weight=1.0)
+    with adversary:
+        assert p.make_round(0, target, pixel_range(teacher), adversary) == dict(generated=2, reused=0)
+    added = p.load_round(0)
+    assert len(added) == 2 and not torch.equal(added[0], added[1])
+    assert not any(torch.equal(a, ds._batch(b)) for a in added for b in range(ds.num_batches))  # own seeds
+    stats = p.stats()
+    assert stats['images'] == 8
+    assert stats['teacher_passes_per_image'] == pytest.approx(4)  # 4 steps per batch, offline and online
+    assert stats['student_passes_per_image'] == pytest.approx(4 / 2)  # the adversary's: online batches only
+    # killed after round 0: the resumed run reads it and makes round 1 only
+    p2 = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=3)
+    p2.open(str(tmp_path / 'pool'), 'k', 1, True, torch.device('cpu'))
+    assert len(ds.pool) == 2 and torch.equal(ds.pool[0], added[0])
+    assert p2.make_round(1, target, pixel_range(teacher)) == dict(generated=2, reused=0)
+    again = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=3)
+    again.open(str(tmp_path / 'pool'), 'k', 1, True, torch.device('cpu'))
+    assert again.make_round(1, target, pixel_range(teacher)) == dict(generated=0, reused=2)
+    adi = DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2, image_size=(8, 8),
+                              synthesizer=dict(DI, adi_weight=1.0), cache_dir=str(tmp_path / 'c'), seed=0))
+    adi.cache = ds.cache
+    with pytest.raises(ValueError, match='set dfbf.synthesizer.adi_weight=0'):
+        OnlinePool(adi, interval=1, batches=1, begin=0, epochs=2)
+
+
 def test_online_rejects_settings_that_cannot_work():
     base = dict(teacher_checkpoint='t.pth', pruner=dict(type='L1FilterPruner', sparsity=0.5),
                 synthesizer=dict(type='GeneratorSynthesizer'))
     assert read_dfbf(dict(base, online=True))['online'] == dict(interval=2, batches=1, begin=2,
                                                                  adv_weight=1.0, grid_images=64)
     assert read_dfbf(dict(base, online=False))['online'] is None
+    assert read_dfbf(dict(base, online=True, synthesizer=dict(type='DeepInversionSynthesizer')))['online']
     for online, extra, match in (
-            (True, dict(synthesizer=dict(type='DeepInversionSynthesizer')), "dfbf.online: needs dfbf.synthesizer=dict(type='GeneratorSynthesizer'"),
             (True, dict(train_data='noise'), "dfbf.online: grows the synthetic pool; dfbf.train_data is 'noise'"),
             (dict(interval=0), {}, 'dfbf.online.interval: must be an integer >= 1'),
             (dict(adv_weight=-1), {}, 'dfbf.online.adv_weight: must be'),
@@ -203,27 +243,38 @@ def test_online_run_grows_the_pool_checkpoints_its_key_and_resumes(tmp_path):
     assert osp.isfile(osp.join(work, 'export', 'pruned.pth'))
 
 
-@pytest.mark.parametrize('name, extra', [
-    ('dfbf_yolox_coco.py', []),
+@pytest.mark.parametrize('name, extra, generator', [
+    ('dfbf_yolox_coco.py', [], True),
     # a two-stage detector inverted whole (backbone + neck + RPN); its random boxes scored
-    ('dfbf_faster_rcnn_r50_coco.py', ['dfbf.synthetic_data.invert=model', 'model.test_cfg.rcnn.score_thr=0.0'])])
-def test_online_at_the_real_architecture(name, extra, tmp_path):
-    """A shipped detection config switched to the generator + online rounds, as a user would
-    (--cfg-options on the stock train tool): random teacher, 64 px, two epochs, one round."""
+    ('dfbf_faster_rcnn_r50_coco.py', ['dfbf.synthetic_data.invert=model', 'model.test_cfg.rcnn.score_thr=0.0'], True),
+    # the shipped DeepInversion synthesizer making the rounds
+    ('dfbf_yolox_coco.py', [], False)])
+def test_online_at_the_real_architecture(name, extra, generator, tmp_path):
+    """A shipped detection config with online rounds (switched to the generator, or with its own
+    DeepInversion), as a user would (--cfg-options on the stock train tool): random teacher,
+    64 px, two epochs, one round."""
     from test_shipped_configs import REPO, run, tiny_budget
     from tiny_val_sets import all_val_sets
     path = osp.join(REPO, 'configs', name)
     cfg = Config.fromfile(path)
-    cfg.dfbf.synthesizer = dict(type='GeneratorSynthesizer', preset='detection')
+    switch = []
+    if generator:
+        cfg.dfbf.synthesizer = dict(type='GeneratorSynthesizer', preset='detection')
+        switch = ['dfbf.synthesizer.type=GeneratorSynthesizer', 'dfbf.synthesizer.preset=detection']
     teacher = str(tmp_path / 'teacher.pth')
     torch.save({'state_dict': build_stock_model(cfg).state_dict()}, teacher)
-    options = tiny_budget(cfg, teacher) + extra + [
-        'dfbf.synthesizer.type=GeneratorSynthesizer', 'dfbf.synthesizer.preset=detection',
+    options = tiny_budget(cfg, teacher) + extra + switch + [
         'dfbf.synthetic_data.image_size=[64,64]', 'dfbf.schedule.epochs=2', 'dfbf.schedule.lr_steps=[2]',
         'dfbf.schedule.val_interval=2', 'dfbf.online.interval=1', 'dfbf.online.batches=1', 'dfbf.online.begin=1']
     work = tmp_path / 'work'
     out = run([osp.join(REPO, 'tools', 'train.py'), path, '--work-dir', str(work), '--cfg-options', *options],
               all_val_sets(str(tmp_path / 'val')), tmp_path / 'train.log')
-    # offline: 1 + 1 refinement step; the round: 1 + 1 with a student pass each
-    assert 'online synthesis: round 0 (epoch 1): +1 batches, pool 4 images; 2.0 teacher and 1.0 student' in out
+    if generator:  # offline: 1 + 1 refinement step; the round: 1 + 1 with a student pass each
+        assert 'online synthesis: round 0 (epoch 1): +1 batches, pool 4 images; 2.0 teacher and 1.0 student' in out
+    else:  # one step per phase, offline and online; a student pass per step online
+        found = re.search(r'online synthesis: round 0 \(epoch 1\): \+1 batches, pool 4 images; '
+                          r'([\d.]+) teacher and ([\d.]+) student', out)
+        assert found, out[-3000:]
+        teacher_passes, student_passes = map(float, found.groups())
+        assert student_passes == teacher_passes / 2 > 0  # the online half of the batches
     assert osp.isfile(work / 'online_images.png') and osp.isfile(work / 'export' / 'pruned.pth')

@@ -1,8 +1,9 @@
 """OnlinePool: the synthetic image pool grows during fine-tuning (online synthesis).
 
 Offline, the cache is filled once before training. Online (``dfbf.online``), every
-``interval`` epochs from epoch ``begin`` a *round* adds ``batches`` new batches, made by the
-same meta generator (it continues the offline stream's state) against the *current* student:
+``interval`` epochs from epoch ``begin`` a *round* adds ``batches`` new batches against the
+*current* student, made by the offline synthesizer: the same meta generator (it continues the
+offline stream's state), or DeepInversion from noise with its own settings (each batch its seed):
 the feature-distance adversarial term (``adversary.py``) pushes the new images to where the
 student still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
 the whole pool, the newest round's all included (``SyntheticImageDataset.resample``): the
@@ -13,8 +14,8 @@ Where things live, and why it resumes:
   offline cache key, the online settings and the student at the start of the run. The
   student changes every epoch, so this pool belongs to one run: the hook stores the key in
   every checkpoint and ``--resume`` reopens the same pool.
-* each rank's generator stream: ``stream_rank<r>.pt``, written after every batch with the
-  round and how many of the rank's batches of it are made. A resumed run continues the stream
+* each rank's stream: ``stream_rank<r>.pt``, written after every batch with the round and
+  how many of the rank's batches of it are made (and the generator's state, if any). A resumed run continues the stream
   (a killed round loses at most the batch in progress); a stream ahead of the checkpoint
   (resumed from an older one) restarts from the offline state, with a warning.
 * DDP: rank r makes the round's batches j with ``j % world_size == r``; after a barrier
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from .cache import BatchCache, atomic_save, cache_key
 from .dataset import SyntheticImageDataset, batch_seed
+from .deepinversion import DeepInversionSynthesizer
 from .generator import GeneratorSynthesizer, _Stream
 
 # batch seeds of online batches: far from the offline (b >= 0) and stream (< 0) ones
@@ -40,16 +42,23 @@ class OnlinePool:
     """The rounds of online synthesis of one run (see the module docstring).
 
     Args:
-        dataset: the prepared ``SyntheticImageDataset`` (its synthesizer a GeneratorSynthesizer).
+        dataset: the prepared ``SyntheticImageDataset`` (its synthesizer a GeneratorSynthesizer
+            or a DeepInversionSynthesizer).
         interval: epochs between rounds. batches: batches per round (all ranks together).
         begin: the epoch (0-based) of the first round. epochs: the run's epochs.
     """
 
     def __init__(self, dataset: SyntheticImageDataset, interval: int, batches: int, begin: int,
                  epochs: int):
-        if not isinstance(dataset.synthesizer, GeneratorSynthesizer):
-            raise ValueError(f'dfbf.online: needs dfbf.synthesizer=dict(type=\'GeneratorSynthesizer\', '
-                             f'...), got {type(dataset.synthesizer).__name__}')
+        if not isinstance(dataset.synthesizer, (GeneratorSynthesizer, DeepInversionSynthesizer)):
+            raise ValueError(f'dfbf.online: needs a GeneratorSynthesizer or DeepInversionSynthesizer, '
+                             f'got {type(dataset.synthesizer).__name__}')
+        if isinstance(dataset.synthesizer, DeepInversionSynthesizer) and dataset.synthesizer.settings['adi_weight']:
+            raise ValueError('dfbf.online: the online rounds compete with the current student through '
+                             'dfbf.online.adv_weight; set dfbf.synthesizer.adi_weight=0')
+        if dataset.chain_length > 1:
+            raise ValueError('dfbf.online: online rounds start every batch afresh; '
+                             f'dfbf.synthetic_data.chain_length must be 1, got {dataset.chain_length}')
         if dataset.cache is None:
             raise RuntimeError('dfbf.online: the synthetic dataset must be prepared first')
         self.dataset, self.interval, self.batches = dataset, interval, batches
@@ -91,22 +100,26 @@ class OnlinePool:
         d = self.dataset
         rounds = self.rounds_before(self.epochs)
         mine = len(range(rank, self.batches, world_size))
-        self.stream = _Stream(d.synthesizer, batch_seed(d.seed, _ONLINE_SEED_BASE - rank), d._shape[2:],
-                              d._shape[1], device, (d.label_classes or 0) if d.task == 'classification' else 0,
-                              max(1, rounds * mine))
+        self.stream = None  # DeepInversion: every batch from noise, nothing carried between batches
+        if isinstance(d.synthesizer, GeneratorSynthesizer):
+            self.stream = _Stream(d.synthesizer, batch_seed(d.seed, _ONLINE_SEED_BASE - rank), d._shape[2:],
+                                  d._shape[1], device,
+                                  (d.label_classes or 0) if d.task == 'classification' else 0,
+                                  max(1, rounds * mine))
         done = self.rounds_before(epoch)
         state = self._load_stream(rank) if resumed else None
         ok = state is not None and (state['round'] == done or (state['round'] == done - 1 and state['made'] >= mine))
         if ok:
-            self.stream.load_state_dict(state['stream'])
+            if self.stream is not None:
+                self.stream.load_state_dict(state['stream'])
             self.state = dict(round=state['round'], made=state['made'])
         else:
-            if resumed and done:
+            if resumed and done and self.stream is not None:
                 print_log(f'dfbf.online: no generator stream state of round {done - 1} in {self.cache.dir} '
                           '(resumed from an older checkpoint, or it was removed); the stream restarts '
                           'from the offline generator', logger='current', level=30)
-            offline = d.synthesizer._load_state(d.cache, 0)  # continue the meta generator learnt offline
-            if offline is not None:
+            offline = None if self.stream is None else d.synthesizer._load_state(d.cache, 0)
+            if offline is not None:  # continue the meta generator learnt offline
                 self.stream.load_state_dict(offline)
             self.state = dict(round=-1, made=0)
         d.pool = []
@@ -132,8 +145,8 @@ class OnlinePool:
         return None
 
     def _save_stream(self) -> None:
-        atomic_save(dict(key=self.cache.key, stream=self.stream.state_dict(), **self.state),
-                    self._state_path(self.rank))
+        stream = None if self.stream is None else self.stream.state_dict()
+        atomic_save(dict(key=self.cache.key, stream=stream, **self.state), self._state_path(self.rank))
 
     # ------------------------------------------------------------------ a round
     def make_round(self, rnd: int, target, pixel_range, adversary=None, progress: bool = True) -> Dict[str, int]:
@@ -145,17 +158,25 @@ class OnlinePool:
         todo = [j for i, j in enumerate(mine)
                 if i >= kept or self.cache.load(self.index(rnd, j), d._shape) is None]
         s = synth.settings
-        total = sum(self.stream.steps() if i == 0 else s['steps'] for i in range(len(todo))) \
-            + s['refine_steps'] * len(todo)
+        if self.stream is None:
+            total = synth.passes_per_batch * len(todo)
+        else:
+            total = sum(self.stream.steps() if i == 0 else s['steps'] for i in range(len(todo))) \
+                + s['refine_steps'] * len(todo)
         bar = tqdm(total=total, desc=f'online synthesis, round {rnd}', disable=not progress or not todo,
                    dynamic_ncols=True, leave=False)
         try:
             for j in todo:
                 g = self.index(rnd, j)
                 labels = d._labels(d.num_batches + g, d.task, d.label_classes)
-                images, stats = self.stream.batch(target, d.batch_size, pixel_range,
-                                                  batch_seed(d.seed, _ONLINE_SEED_BASE - 1 - g),
-                                                  labels, synth._loss_terms, bar, adversary=adversary)
+                seed = batch_seed(d.seed, _ONLINE_SEED_BASE - 1 - g)
+                if self.stream is None:
+                    images, stats = synth.synthesize(target, d.batch_size, d.image_size, pixel_range, seed,
+                                                     labels=labels, progress=False, adversary=adversary)
+                    bar.update(stats['teacher_passes'])
+                else:
+                    images, stats = self.stream.batch(target, d.batch_size, pixel_range, seed,
+                                                      labels, synth._loss_terms, bar, adversary=adversary)
                 self.cache.save(g, images, labels=labels, stats=stats)
                 self.state = dict(round=rnd, made=mine.index(j) + 1)
                 self._save_stream()

@@ -22,6 +22,9 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
   epochs against the current student, with / without the adversarial feature-distance term);
   its teacher / student passes per image and synthesis time are the whole run's (offline
   batches + every round), the fine-tuning iterations the same as ``gen``'s;
+* ``online_di`` / ``online_di_noadv``: the same with DeepInversion: ``di_x4``'s images start
+  the pool, each round adds DeepInversion batches (``di_x4``'s settings) made against the
+  current student (with / without the adversarial term);
 * ``real``: the real train split (upper bound), same iterations;
 * ``<method>+mix``: the same images fine-tuned on random augmented views with CutMix between
   them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md).
@@ -46,9 +49,9 @@ from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
 BASE_METHODS = ('di', 'di_x2', 'di_x4', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
-                'online', 'online_noadv', 'real')
+                'online', 'online_noadv', 'online_di', 'online_di_noadv', 'real')
 # online rows: their offline start is gen's images (the same cache)
-ONLINE_START = {'online': 'gen', 'online_noadv': 'gen'}
+ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'online_di_noadv': 'di_x4'}
 # the generator as it was before per-pixel refinement (the detection preset of session 5)
 NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
@@ -77,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument('--generator', default='{}', help='JSON overrides of every task\'s generator preset')
     p.add_argument('--online', default='{"interval": 4, "batches": 1, "begin": 4, "adv_weight": 1.0}',
                    help='JSON dfbf.online of the online rows (online_noadv: adv_weight 0)')
+    p.add_argument('--finetune', default='{}',
+                   help='JSON dfbf overrides of every fine-tuning run (e.g. {"distill": {"bn": "frozen"}}); '
+                        'use its own --out, results are keyed without them')
     p.add_argument('--out', default='work_dirs/synthesis_methods')
     p.add_argument('--data', default='data/digits')
     p.add_argument('--out-md', default=None)
@@ -91,6 +97,7 @@ def parse_args(argv=None):
         args.sparsity[task] = [float(v) for v in values.split(',')]
     args.generator = json.loads(args.generator)
     args.online = json.loads(args.online)
+    args.finetune = json.loads(args.finetune)
     return args
 
 
@@ -168,7 +175,12 @@ def finetune(task, method, sparsity, seed, args, results, log):
         sched.update(epochs=epochs, checkpoint_interval=epochs,
                      lr_steps=[max(1, round(s * scale)) for s in sched.get('lr_steps', [])])
     if base_method(method) in ONLINE_START:
-        cfg.dfbf['online'] = dict(args.online, **(dict(adv_weight=0.0) if base_method(method) == 'online_noadv' else {}))
+        cfg.dfbf['online'] = dict(args.online, **(dict(adv_weight=0.0) if base_method(method).endswith('_noadv') else {}))
+    over = dict(args.finetune)
+    if 'custom_hooks' in over:  # stock hooks (e.g. EMAHook) run while fine-tuning
+        cfg.custom_hooks = over.pop('custom_hooks')
+        over['keep_custom_hooks'] = True
+    cfg.dfbf = bench.merge(cfg.dfbf, over)
     cfg.dfbf['export'] = dict(profile=False)
     cfg.randomness = dict(seed=seed)
     if cfg.dfbf.get('views'):
@@ -204,7 +216,9 @@ def table(results, args):
                  gen_norefine='generator without refinement, same images',
                  gen_norefine_wall='generator without refinement, DeepInversion\'s wall time',
                  online='online: generator pool grown while fine-tuning, adversarial term',
-                 online_noadv='online: generator pool grown while fine-tuning, no adversarial term')
+                 online_noadv='online: generator pool grown while fine-tuning, no adversarial term',
+                 online_di='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, adversarial term',
+                 online_di_noadv='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, no adversarial term')
     names.update({m + sfx: f'{names[m]}, {what}' for sfx, what in SUFFIXES.items() for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')
