@@ -24,7 +24,9 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
   batches + every round), the fine-tuning iterations the same as ``gen``'s;
 * ``online_di`` / ``online_di_noadv``: the same with DeepInversion: ``di_x4``'s images start
   the pool, each round adds DeepInversion batches (``di_x4``'s settings) made against the
-  current student (with / without the adversarial term);
+  current student (with / without the adversarial term); ``online_di_eq`` / ``online_di_q``: the first
+  half / quarter of ``di_x4``'s images start it and the rounds make up the rest (``--online``
+  sized for it), so the whole run spends ``di_x4``'s (and DeepInversion ``fast``'s) teacher passes;
 * ``real``: the real train split (upper bound), same iterations;
 * ``<method>+mix``: the same images fine-tuned on random augmented views with CutMix between
   them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md).
@@ -49,9 +51,12 @@ from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
 BASE_METHODS = ('di', 'di_x2', 'di_x4', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
-                'online', 'online_noadv', 'online_di', 'online_di_noadv', 'real')
+                'online', 'online_noadv', 'online_di', 'online_di_noadv', 'online_di_eq', 'online_di_q', 'real')
 # online rows: their offline start is gen's images (the same cache)
-ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'online_di_noadv': 'di_x4'}
+ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'online_di_noadv': 'di_x4',
+                'online_di_eq': 'di_x4', 'online_di_q': 'di_x4'}
+# online rows that start from the first part of their start's batches (the rest left to the rounds)
+START_FRACTION = {'online_di_eq': 0.5, 'online_di_q': 0.25}
 # the generator as it was before per-pixel refinement (the detection preset of session 5)
 NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
@@ -165,6 +170,9 @@ def finetune(task, method, sparsity, seed, args, results, log):
     budget = cfg.dfbf['synthetic_data']['num_images'] * cfg.dfbf['schedule']['epochs']
     if base_method(method) != 'real':
         synth = results[f'{task}|synthesis|{ONLINE_START.get(base_method(method), base_method(method))}']
+        part = START_FRACTION.get(base_method(method))
+        if part:  # the first batches of the start's cache: its wall time in proportion
+            synth = dict(synth, num_images=int(synth['num_images'] * part), wall_s=synth['wall_s'] * part)
         cfg.dfbf['synthesizer'] = synth['synthesizer']
         cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
                                           cache_dir=osp.join(args.out, 'cache', task))
@@ -218,7 +226,9 @@ def table(results, args):
                  online='online: generator pool grown while fine-tuning, adversarial term',
                  online_noadv='online: generator pool grown while fine-tuning, no adversarial term',
                  online_di='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, adversarial term',
-                 online_di_noadv='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, no adversarial term')
+                 online_di_noadv='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, no adversarial term',
+                 online_di_eq='online: half of `di_x4`\'s images, grown by DeepInversion batches to as many (same teacher passes), adversarial term',
+                 online_di_q='online: a quarter of `di_x4`\'s images, grown by DeepInversion batches to as many (same teacher passes), adversarial term')
     names.update({m + sfx: f'{names[m]}, {what}' for sfx, what in SUFFIXES.items() for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')
