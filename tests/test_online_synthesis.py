@@ -189,6 +189,10 @@ def test_online_rejects_settings_that_cannot_work():
     assert read_dfbf(dict(base, online=True, synthesizer=dict(type='DeepInversionSynthesizer')))['online']
     for online, extra, match in (
             (True, dict(train_data='noise'), "dfbf.online: grows the synthetic pool; dfbf.train_data is 'noise'"),
+            (True, dict(synthesizer=dict(type='DeepInversionSynthesizer', adi_weight=1.0)),
+             'dfbf.online: the online rounds compete with the current student through dfbf.online.adv_weight'),
+            (True, dict(synthesizer=dict(type='DeepInversionSynthesizer'), synthetic_data=dict(chain_length=4)),
+             'dfbf.synthetic_data.chain_length must be 1, got 4'),
             (dict(interval=0), {}, 'dfbf.online.interval: must be an integer >= 1'),
             (dict(adv_weight=-1), {}, 'dfbf.online.adv_weight: must be'),
             (dict(every=2), {}, 'dfbf.online: unknown key')):

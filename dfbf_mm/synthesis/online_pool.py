@@ -14,10 +14,11 @@ Where things live, and why it resumes:
   offline cache key, the online settings and the student at the start of the run. The
   student changes every epoch, so this pool belongs to one run: the hook stores the key in
   every checkpoint and ``--resume`` reopens the same pool.
-* each rank's stream: ``stream_rank<r>.pt``, written after every batch with the round and
-  how many of the rank's batches of it are made (and the generator's state, if any). A resumed run continues the stream
-  (a killed round loses at most the batch in progress); a stream ahead of the checkpoint
-  (resumed from an older one) restarts from the offline state, with a warning.
+* each rank's stream: ``stream_rank<r>.pt``, written after every batch with the round, how
+  many of the rank's batches of it are made and the generator's state (DeepInversion has
+  none). A resumed run continues the stream (a killed round loses at most the batch in
+  progress); a stream ahead of the checkpoint (resumed from an older one) restarts from the
+  offline state, with a warning.
 * DDP: rank r makes the round's batches j with ``j % world_size == r``; after a barrier
   (the hook's) every rank reads all of them.
 """
