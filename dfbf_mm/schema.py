@@ -444,10 +444,6 @@ def check_online(dfbf: dict) -> None:
     if dfbf['synthesizer'].get('adi_weight'):
         raise ValueError('dfbf.online: the online rounds compete with the current student through '
                          'dfbf.online.adv_weight; set dfbf.synthesizer.adi_weight=0')
-    chain = dfbf['synthetic_data'].get('chain_length', 1)
-    if chain > 1:
-        raise ValueError('dfbf.online: online rounds start every batch afresh; '
-                         f'dfbf.synthetic_data.chain_length must be 1, got {chain}')
 
 
 def options_table() -> str:

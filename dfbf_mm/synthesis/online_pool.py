@@ -54,12 +54,6 @@ class OnlinePool:
         if not isinstance(dataset.synthesizer, (GeneratorSynthesizer, DeepInversionSynthesizer)):
             raise ValueError(f'dfbf.online: needs a GeneratorSynthesizer or DeepInversionSynthesizer, '
                              f'got {type(dataset.synthesizer).__name__}')
-        if isinstance(dataset.synthesizer, DeepInversionSynthesizer) and dataset.synthesizer.settings['adi_weight']:
-            raise ValueError('dfbf.online: the online rounds compete with the current student through '
-                             'dfbf.online.adv_weight; set dfbf.synthesizer.adi_weight=0')
-        if dataset.chain_length > 1:
-            raise ValueError('dfbf.online: online rounds start every batch afresh; '
-                             f'dfbf.synthetic_data.chain_length must be 1, got {dataset.chain_length}')
         if dataset.cache is None:
             raise RuntimeError('dfbf.online: the synthetic dataset must be prepared first')
         self.dataset, self.interval, self.batches = dataset, interval, batches
