@@ -9,6 +9,8 @@ It also lets ``--launcher pytorch`` work on CPU-only machines (gloo): MMEngine 0
 ``init_dist`` always calls ``torch.cuda.set_device`` and its DDP wrapper always passes
 ``device_ids``, both of which fail without a GPU.
 """
+import atexit
+
 import torch
 import torch.distributed as torch_dist
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
@@ -20,6 +22,18 @@ from .dfbf_config import to_runner_config
 
 def _cpu_distributed(runner: Runner) -> bool:
     return runner.distributed and not torch.cuda.is_available()
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is still whole.
+
+    The stock train tools exit without ``destroy_process_group``; gloo's worker threads then die
+    in interpreter finalisation and a rank that exits first can abort with SIGABRT
+    ("terminate called without an active exception", pytorch/pytorch#190489), failing a run
+    whose training and export had finished.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 @RUNNERS.register_module()
@@ -39,6 +53,8 @@ class DataFreeDistillRunner(Runner):
             dist_cfg.pop('backend', None)  # nccl needs GPUs; gloo is the CPU backend
             torch_dist.init_process_group(backend='gloo', **dist_cfg)
         super().setup_env(env_cfg)
+        if self.distributed:
+            atexit.register(_destroy_process_group)
 
     def wrap_model(self, model_wrapper_cfg, model):
         if not _cpu_distributed(self) or model_wrapper_cfg is not None or is_model_wrapper(model):
