@@ -220,3 +220,18 @@ def test_one_line_errors(model):
         run(model, DeepInversionSynthesizer(adi_weight=1.0))
     with pytest.raises(ValueError, match=r'^image_size: must be \(H, W\)'):
         run(model, image_size=(16,))
+
+
+def test_batch_statistics_match_the_per_channel_definition():
+    """The fused var_mean gives every BN input's per-channel mean and biased variance (the
+    DeepInversion targets), for 4-d and 3-d inputs alike, with the same gradients."""
+    from dfbf_mm.synthesis.bn_statistics import batch_statistics
+    for shape in ((4, 3, 5, 6), (4, 3, 7)):
+        x = (torch.randn(shape) * 3 + 2).requires_grad_(True)
+        flat = x.transpose(0, 1).reshape(shape[1], -1)
+        mean, var = batch_statistics(x)
+        assert torch.allclose(mean, flat.mean(1), atol=1e-6)
+        assert torch.allclose(var, flat.var(1, unbiased=False), atol=1e-5)
+        g_fused = torch.autograd.grad((mean * 2 + var).sum(), x)[0]
+        g_ref = torch.autograd.grad((flat.mean(1) * 2 + flat.var(1, unbiased=False)).sum(), x)[0]
+        assert torch.allclose(g_fused, g_ref, atol=1e-5)

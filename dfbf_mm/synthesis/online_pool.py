@@ -3,8 +3,9 @@
 Offline, the cache is filled once before training. Online (``dfbf.online``), every
 ``interval`` epochs from epoch ``begin`` a *round* adds ``batches`` new batches against the
 *current* student, made by the offline synthesizer: the same meta generator (it continues the
-offline stream's state), or DeepInversion from noise with its own settings (each batch its seed):
-the feature-distance adversarial term (``adversary.py``) pushes the new images to where the
+offline stream's state), or DeepInversion from noise with its own settings (each batch its seed)
+or, with ``warm_start``, from a random earlier batch of the pool with its short ``warm_*``
+schedule (a few steps turn an image the teacher already explains into a new one): the feature-distance adversarial term (``adversary.py``) pushes the new images to where the
 student still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
 the whole pool, the newest round's all included (``SyntheticImageDataset.resample``): the
 same iterations per epoch as offline, so budgets compare.
@@ -47,15 +48,21 @@ class OnlinePool:
             or a DeepInversionSynthesizer).
         interval: epochs between rounds. batches: batches per round (all ranks together).
         begin: the epoch (0-based) of the first round. epochs: the run's epochs.
+        warm_start: DeepInversion only: start each batch from a random earlier batch of the pool
+            (``warm_init``) with the synthesizer's ``warm_*`` schedule instead of from noise.
     """
 
     def __init__(self, dataset: SyntheticImageDataset, interval: int, batches: int, begin: int,
-                 epochs: int):
+                 epochs: int, warm_start: bool = False):
         if not isinstance(dataset.synthesizer, (GeneratorSynthesizer, DeepInversionSynthesizer)):
             raise ValueError(f'dfbf.online: needs a GeneratorSynthesizer or DeepInversionSynthesizer, '
                              f'got {type(dataset.synthesizer).__name__}')
+        if warm_start and not isinstance(dataset.synthesizer, DeepInversionSynthesizer):
+            raise ValueError('dfbf.online.warm_start: warm-starts DeepInversion batches; the generator '
+                             'has no warm start (set warm_start=False)')
         if dataset.cache is None:
             raise RuntimeError('dfbf.online: the synthetic dataset must be prepared first')
+        self.warm_start = bool(warm_start)
         self.dataset, self.interval, self.batches = dataset, interval, batches
         self.begin, self.epochs = begin, epochs
         self.cache: Optional[BatchCache] = None
@@ -153,8 +160,9 @@ class OnlinePool:
         todo = [j for i, j in enumerate(mine)
                 if i >= kept or self.cache.load(self.index(rnd, j), d._shape) is None]
         s = synth.settings
+        maker = synth.warm_synthesizer() if self.warm_start else synth
         if self.stream is None:
-            total = synth.passes_per_batch * len(todo)
+            total = maker.passes_per_batch * len(todo)
         else:
             total = sum(self.stream.steps() if i == 0 else s['steps'] for i in range(len(todo))) \
                 + s['refine_steps'] * len(todo)
@@ -166,8 +174,10 @@ class OnlinePool:
                 labels = d._labels(d.num_batches + g, d.task, d.label_classes)
                 seed = batch_seed(d.seed, _ONLINE_SEED_BASE - 1 - g)
                 if self.stream is None:
-                    images, stats = synth.synthesize(target, d.batch_size, d.image_size, pixel_range, seed,
-                                                     labels=labels, progress=False, adversary=adversary)
+                    init = synth.warm_init(self._warm_source(seed), seed) if self.warm_start else None
+                    images, stats = maker.synthesize(target, d.batch_size, d.image_size, pixel_range, seed,
+                                                     labels=labels, progress=False, adversary=adversary,
+                                                     init=init)
                     bar.update(stats['teacher_passes'])
                 else:
                     images, stats = self.stream.batch(target, d.batch_size, pixel_range, seed,
@@ -179,6 +189,14 @@ class OnlinePool:
             bar.close()
         self.state = dict(round=rnd, made=len(mine))
         return dict(generated=len(todo), reused=len(mine) - len(todo))
+
+    def _warm_source(self, seed: int) -> torch.Tensor:
+        """A random batch of the pool so far (offline batches and earlier rounds), drawn from
+        ``seed``: a resumed round, which sees the same pool, draws the same."""
+        d = self.dataset
+        g = torch.Generator().manual_seed(int(seed) ^ 0xB47C4)
+        i = int(torch.randint(d.num_batches + len(d.pool), (1,), generator=g))
+        return d._batch(i) if i < d.num_batches else d.pool[i - d.num_batches]
 
     def load_round(self, rnd: int, required: bool = True) -> List[torch.Tensor]:
         """Append round ``rnd``'s batches (every rank's) to ``dataset.pool``; a missing one
