@@ -342,9 +342,9 @@ ONLINE = Block('dfbf.online', 'online synthesis: the image pool grows during fin
     Option('begin', 2, 'epoch (0-based) of the first round', integer(0)),
     Option('adv_weight', 1.0, 'weight of the adversarial term: the feature distance between teacher '
            'and current student, maximised (0: off)', number()),
-    Option('warm_start', False, "DeepInversion rounds: start each batch from a random earlier batch of "
-           "the pool with the synthesizer's short warm_* schedule (warm_iterations, warm_lr, ...) "
-           'instead of from noise', boolean),
+    Option('warm_steps', 0, 'DeepInversion rounds: 0, each batch from noise with the full schedule; '
+           "N > 0, from a random earlier batch of the pool in N steps of the synthesizer's warm_* "
+           'schedule (warm_lr, warm_shift, ...): far fewer teacher passes per batch', integer(0)),
     Option('grid_images', 64, 'images of each round written to <work_dir>/online_images.png (0: none)',
            integer(0)),
 ], optional=True)
@@ -444,9 +444,9 @@ def check_online(dfbf: dict) -> None:
     if kind not in ('GeneratorSynthesizer', 'DeepInversionSynthesizer'):
         raise ValueError(f"dfbf.online: needs dfbf.synthesizer of type 'GeneratorSynthesizer' or "
                          f"'DeepInversionSynthesizer' (they make the online batches), got {kind!r}")
-    if (dfbf['online'] or {}).get('warm_start') and kind != 'DeepInversionSynthesizer':
-        raise ValueError(f"dfbf.online.warm_start: warm-starts DeepInversion batches; {kind} has no "
-                         'warm start (set dfbf.online.warm_start=False)')
+    if (dfbf['online'] or {}).get('warm_steps') and kind != 'DeepInversionSynthesizer':
+        raise ValueError(f"dfbf.online.warm_steps: warm-starts DeepInversion batches; {kind} has no "
+                         'warm start (set dfbf.online.warm_steps=0)')
     if dfbf['synthesizer'].get('adi_weight'):
         raise ValueError('dfbf.online: the online rounds compete with the current student through '
                          'dfbf.online.adv_weight; set dfbf.synthesizer.adi_weight=0')

@@ -176,20 +176,20 @@ def test_pool_of_deepinversion_rounds_against_the_student(tmp_path, pair):
 
 
 def test_warm_started_deepinversion_rounds(tmp_path, pair):
-    """warm_start: each online batch starts from a pool batch with the short warm_* schedule
-    (fewer teacher passes), and a resumed round draws the same start."""
+    """warm_steps: each online batch starts from a pool batch, in warm_steps steps of the warm_*
+    schedule (fewer teacher passes); the same seed draws the same start."""
     teacher, student = pair
     target = inversion_target(teacher, 'classification')
     ds = DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2, image_size=(8, 8),
-                             synthesizer=dict(DI, warm_iterations=1), cache_dir=str(tmp_path / 'c'), seed=0))
+                             synthesizer=DI, cache_dir=str(tmp_path / 'c'), seed=0))
     ds.prepare(teacher, 'classification', progress=False)
-    with pytest.raises(ValueError, match='dfbf.online.warm_start: warm-starts DeepInversion batches'):
+    with pytest.raises(ValueError, match='dfbf.online.warm_steps: warm-starts DeepInversion batches'):
         OnlinePool(DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2,
                                        image_size=(8, 8), synthesizer=dict(type='GeneratorSynthesizer'),
-                                       cache_dir=str(tmp_path / 'g'))), 1, 1, 0, 2, warm_start=True)
+                                       cache_dir=str(tmp_path / 'g'))), 1, 1, 0, 2, warm_steps=1)
 
     def one_round(root):
-        p = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=2, warm_start=True)
+        p = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=2, warm_steps=1)
         p.open(str(tmp_path / root), 'k', 0, False, torch.device('cpu'))
         assert p.make_round(0, target, pixel_range(teacher)) == dict(generated=2, reused=0)
         return p, p.load_round(0)
@@ -207,7 +207,7 @@ def test_online_rejects_settings_that_cannot_work():
     base = dict(teacher_checkpoint='t.pth', pruner=dict(type='L1FilterPruner', sparsity=0.5),
                 synthesizer=dict(type='GeneratorSynthesizer'))
     assert read_dfbf(dict(base, online=True))['online'] == dict(interval=2, batches=1, begin=2,
-                                                                 adv_weight=1.0, warm_start=False,
+                                                                 adv_weight=1.0, warm_steps=0,
                                                                  grid_images=64)
     assert read_dfbf(dict(base, online=False))['online'] is None
     assert read_dfbf(dict(base, online=True, synthesizer=dict(type='DeepInversionSynthesizer')))['online']
@@ -215,7 +215,7 @@ def test_online_rejects_settings_that_cannot_work():
             (True, dict(train_data='noise'), "dfbf.online: grows the synthetic pool; dfbf.train_data is 'noise'"),
             (True, dict(synthesizer=dict(type='DeepInversionSynthesizer', adi_weight=1.0)),
              'dfbf.online: the online rounds compete with the current student through dfbf.online.adv_weight'),
-            (dict(warm_start=True), {}, 'dfbf.online.warm_start: warm-starts DeepInversion batches; '
+            (dict(warm_steps=3), {}, 'dfbf.online.warm_steps: warm-starts DeepInversion batches; '
              'GeneratorSynthesizer has no warm start'),
             (dict(interval=0), {}, 'dfbf.online.interval: must be an integer >= 1'),
             (dict(adv_weight=-1), {}, 'dfbf.online.adv_weight: must be'),

@@ -150,11 +150,12 @@ class DeepInversionSynthesizer:
                     if not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
         return dict(type=type(self).__name__, **settings)
 
-    def warm_synthesizer(self) -> 'DeepInversionSynthesizer':
+    def warm_synthesizer(self, iterations: Optional[int] = None) -> 'DeepInversionSynthesizer':
         """The synthesizer for warm-started batches: the short ``warm_*`` schedule at full
-        resolution (no coarse or half-resolution phase: the start is already an image)."""
+        resolution (no coarse or half-resolution phase: the start is already an image);
+        ``iterations`` replaces ``warm_iterations`` (the online rounds' ``warm_steps``)."""
         s = self.settings
-        over = dict(iterations=s['warm_iterations'] or s['iterations'], half_res_iterations=0,
+        over = dict(iterations=iterations or s['warm_iterations'] or s['iterations'], half_res_iterations=0,
                     coarse_iterations=0, lr=s['warm_lr'] or s['lr'],
                     warmup_iters=s['warm_warmup_iters'], settle_iters=s['warm_settle_iters'])
         warm = DeepInversionSynthesizer.__new__(DeepInversionSynthesizer)

@@ -4,8 +4,8 @@ Offline, the cache is filled once before training. Online (``dfbf.online``), eve
 ``interval`` epochs from epoch ``begin`` a *round* adds ``batches`` new batches against the
 *current* student, made by the offline synthesizer: the same meta generator (it continues the
 offline stream's state), or DeepInversion from noise with its own settings (each batch its seed)
-or, with ``warm_start``, from a random earlier batch of the pool with its short ``warm_*``
-schedule (a few steps turn an image the teacher already explains into a new one): the feature-distance adversarial term (``adversary.py``) pushes the new images to where the
+or, with ``warm_steps``, from a random earlier batch of the pool in that many steps of its
+``warm_*`` schedule (a few steps turn an image the teacher already explains into a new one): the feature-distance adversarial term (``adversary.py``) pushes the new images to where the
 student still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
 the whole pool, the newest round's all included (``SyntheticImageDataset.resample``): the
 same iterations per epoch as offline, so budgets compare.
@@ -48,21 +48,21 @@ class OnlinePool:
             or a DeepInversionSynthesizer).
         interval: epochs between rounds. batches: batches per round (all ranks together).
         begin: the epoch (0-based) of the first round. epochs: the run's epochs.
-        warm_start: DeepInversion only: start each batch from a random earlier batch of the pool
-            (``warm_init``) with the synthesizer's ``warm_*`` schedule instead of from noise.
+        warm_steps: DeepInversion only: 0, each batch from noise; else from a random earlier batch
+            of the pool (``warm_init``) in this many steps of the synthesizer's ``warm_*`` schedule.
     """
 
     def __init__(self, dataset: SyntheticImageDataset, interval: int, batches: int, begin: int,
-                 epochs: int, warm_start: bool = False):
+                 epochs: int, warm_steps: int = 0):
         if not isinstance(dataset.synthesizer, (GeneratorSynthesizer, DeepInversionSynthesizer)):
             raise ValueError(f'dfbf.online: needs a GeneratorSynthesizer or DeepInversionSynthesizer, '
                              f'got {type(dataset.synthesizer).__name__}')
-        if warm_start and not isinstance(dataset.synthesizer, DeepInversionSynthesizer):
-            raise ValueError('dfbf.online.warm_start: warm-starts DeepInversion batches; the generator '
-                             'has no warm start (set warm_start=False)')
+        if warm_steps and not isinstance(dataset.synthesizer, DeepInversionSynthesizer):
+            raise ValueError('dfbf.online.warm_steps: warm-starts DeepInversion batches; the generator '
+                             'has no warm start (set warm_steps=0)')
         if dataset.cache is None:
             raise RuntimeError('dfbf.online: the synthetic dataset must be prepared first')
-        self.warm_start = bool(warm_start)
+        self.warm_steps = int(warm_steps)
         self.dataset, self.interval, self.batches = dataset, interval, batches
         self.begin, self.epochs = begin, epochs
         self.cache: Optional[BatchCache] = None
@@ -160,7 +160,7 @@ class OnlinePool:
         todo = [j for i, j in enumerate(mine)
                 if i >= kept or self.cache.load(self.index(rnd, j), d._shape) is None]
         s = synth.settings
-        maker = synth.warm_synthesizer() if self.warm_start else synth
+        maker = synth.warm_synthesizer(self.warm_steps) if self.warm_steps else synth
         if self.stream is None:
             total = maker.passes_per_batch * len(todo)
         else:
@@ -174,7 +174,7 @@ class OnlinePool:
                 labels = d._labels(d.num_batches + g, d.task, d.label_classes)
                 seed = batch_seed(d.seed, _ONLINE_SEED_BASE - 1 - g)
                 if self.stream is None:
-                    init = synth.warm_init(self._warm_source(seed), seed) if self.warm_start else None
+                    init = synth.warm_init(self._warm_source(seed), seed) if self.warm_steps else None
                     images, stats = maker.synthesize(target, d.batch_size, d.image_size, pixel_range, seed,
                                                      labels=labels, progress=False, adversary=adversary,
                                                      init=init)
