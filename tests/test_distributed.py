@@ -74,3 +74,15 @@ def test_two_process_online_synthesis_shares_each_round(tmp_path):
     assert len(glob.glob(str(work / 'online_pool' / '*' / 'stream_rank*.pt'))) == 2
     assert 'round 0 (epoch 1): +2 batches, pool 8 images' in log
     assert log.count('exported the pruned model') == 1
+
+
+def test_process_group_is_destroyed_at_exit(tmp_path):
+    """The exit handler the runner registers tears an initialised group down (gloo threads left
+    to interpreter finalisation aborted a finished rank with SIGABRT) and is a no-op without one."""
+    import torch.distributed as dist
+    from dfbf_mm.engine.runner import _destroy_process_group
+    _destroy_process_group()  # none: nothing happens
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    assert dist.is_initialized()
+    _destroy_process_group()
+    assert not dist.is_initialized()

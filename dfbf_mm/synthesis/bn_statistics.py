@@ -40,8 +40,8 @@ def require_bn_layers(module: nn.Module, field: str = 'target') -> List[Tuple[st
 
 def batch_statistics(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of a BN input of shape (N, C, ...), in fp32."""
-    # one fused pass over every dim but C: no transposed copy of the activation (2-3x faster
-    # forward + backward on CPU than transpose-reshape-mean-var, the same values)
+    # one fused reduction over every dim but C: no transposed copy of the activation (less
+    # memory traffic; a full DeepInversion step on the digits detector gained 2-6 %, the same values)
     var, mean = torch.var_mean(x.float(), dim=[0] + list(range(2, x.dim())), unbiased=False)
     return mean, var
 
