@@ -13,6 +13,8 @@ from dfbf_mm.registry import DATASETS
 from dfbf_mm.schema import read_dfbf
 from dfbf_mm.stock_model import build_stock_model, pixel_range
 from dfbf_mm.synthesis import DeepInversionSynthesizer, FeatureAdversary, OnlinePool, inversion_target
+from dfbf_mm.synthesis.dataset import batch_seed
+from dfbf_mm.synthesis.online_pool import _ONLINE_SEED_BASE
 
 from test_generator_synthesis import MODEL, PRE, SYNTH
 from test_progressive import _run as _train
@@ -196,10 +198,16 @@ def test_warm_started_deepinversion_rounds(tmp_path, pair):
 
     p, added = one_round('pool')
     assert p.stats()['teacher_passes_per_image'] == pytest.approx((2 * 4 + 2 * 1) / 4)  # 1 warm step
-    offline = [ds._batch(b) for b in range(ds.num_batches)]
-    # a warm start keeps the pool's images in view: nearer to some offline batch than noise is
-    near = min(torch.dist(added[0].sort(0).values, o.sort(0).values) for o in offline)
-    assert near < torch.dist(added[0], torch.randn_like(added[0]) * added[0].std())
+    # batch 0 of round 0 is one warm step from a pool batch (offline ones only, before any round)
+    seed = batch_seed(ds.seed, _ONLINE_SEED_BASE - 1)
+    ds.pool = []
+    source = p._warm_source(seed)
+    assert any(torch.equal(source, ds._batch(b)) for b in range(ds.num_batches))
+    synth = ds.synthesizer
+    expected, _ = synth.warm_synthesizer(1).synthesize(target, 2, (8, 8), pixel_range(teacher), seed,
+                                                       init=synth.warm_init(source, seed), progress=False,
+                                                       labels=ds._labels(ds.num_batches, ds.task, ds.label_classes))
+    assert torch.equal(added[0], expected)
     assert torch.equal(one_round('pool_again')[1][0], added[0])  # seeded: the same start and steps
 
 

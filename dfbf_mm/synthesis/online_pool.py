@@ -5,8 +5,8 @@ Offline, the cache is filled once before training. Online (``dfbf.online``), eve
 *current* student, made by the offline synthesizer: the same meta generator (it continues the
 offline stream's state), or DeepInversion from noise with its own settings (each batch its seed)
 or, with ``warm_steps``, from a random earlier batch of the pool in that many steps of its
-``warm_*`` schedule (a few steps turn an image the teacher already explains into a new one): the feature-distance adversarial term (``adversary.py``) pushes the new images to where the
-student still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
+``warm_*`` schedule: the feature-distance adversarial term (``adversary.py``) pushes the new
+images to where the student still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
 the whole pool, the newest round's all included (``SyntheticImageDataset.resample``): the
 same iterations per epoch as offline, so budgets compare.
 
