@@ -2,8 +2,8 @@
 
 Implements spec §2 (DeepInversion, Yin et al. CVPR 2020, as used by DFBF): BN-statistics
 matching on every BN-like layer, TV and l2 image priors, cross-entropy towards balanced
-labels for classifiers and an optional Adaptive-DeepInversion competition term against a
-student; random roll jitter and flips drawn from a seeded generator, one or two resolution
+labels for classifiers, an optional Adaptive-DeepInversion competition term against a
+student and, for one-stage detectors, an optional loss towards random target boxes (DIODE); random roll jitter and flips drawn from a seeded generator, one or two resolution
 phases, Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's
 own valid pixel range after every step.
 """
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..registry import SYNTHESIZERS
 from ..utils import eval_mode
 from .bn_statistics import BNStatisticsLoss
+from .box_targets import BoxTargetLoss, check_count_and_size, move_boxes, sample_boxes
 from .inversion_target import check_image_size
 from .presets import NEUTRAL_SETTINGS, get_preset, with_overrides
 from .priors import TV_NORMS, l2_prior, total_variation
@@ -128,6 +129,12 @@ class DeepInversionSynthesizer:
         if s['tv_norm'] not in TV_NORMS:
             raise ValueError(f'tv_norm: {s["tv_norm"]!r} is not one of {", ".join(TV_NORMS)}')
         s['betas'] = tuple(float(b) for b in s['betas'])
+        if not s['box_weight'] >= 0:
+            raise ValueError(f'box_weight: must be non-negative, got {s["box_weight"]!r}')
+        check_count_and_size(s['boxes_per_image'], s['box_size'])
+        # tuples, so a config's lists give the same cache key as the defaults
+        s['boxes_per_image'] = tuple(s['boxes_per_image'])
+        s['box_size'] = tuple(float(v) for v in s['box_size'])
 
     @property
     def passes_per_batch(self) -> int:
@@ -267,6 +274,11 @@ class DeepInversionSynthesizer:
         autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
         if labels is not None:
             labels = labels.to(device).long()
+        box_loss = boxes = None
+        if s['box_weight'] > 0:
+            box_loss = BoxTargetLoss(target)
+            boxes = sample_boxes(batch_size, (h, w), box_loss.num_classes, s['boxes_per_image'],
+                                 s['box_size'], seed)
 
         def upsample(z):
             return F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False)
@@ -299,16 +311,23 @@ class DeepInversionSynthesizer:
                         flip = bool(torch.rand(1, generator=gen).item() < 0.5)
                         # The last settle_iters steps see the images as they will be used.
                         settle = kind == last_kind and it >= iters - s['settle_iters']
-                        if jitter and not settle:
+                        shifted, flipped = bool(jitter) and not settle, s['flip'] and flip and not settle
+                        if shifted:
                             xj = torch.roll(xj, shifts=(dy, dx), dims=(2, 3))
-                        if s['flip'] and flip and not settle:
+                        if flipped:
                             xj = torch.flip(xj, dims=(3,))
+                        step_boxes = None if boxes is None else [
+                            (move_boxes(b, 1 / factor if kind == 'pool' else 1.0, dy * shifted, dx * shifted,
+                                        flipped, tuple(xj.shape[-2:])), l) for b, l in boxes]
                         optimizer.zero_grad(set_to_none=True)
                         bn_hooks.reset()
                         with autocast():
                             out = target(xj)
                             student_out = student(xj) if s['adi_weight'] > 0 else None
                         terms = self._loss_terms(bn_hooks, xj, out, student_out, labels)
+                        if box_loss is not None:
+                            terms['box'] = box_loss(out, step_boxes, tuple(xj.shape[-2:]))
+                            terms['loss'] = terms['loss'] + s['box_weight'] * terms['box']
                         if adversary is not None:
                             terms['adv'] = adversary.term(xj)
                             terms['loss'] = terms['loss'] - adversary.weight * terms['adv']

@@ -39,12 +39,17 @@ SETTINGS_DOC = {
     'warm_noise': 'std of Gaussian noise added to a warm start',
     'settle_iters': 'last steps of the last phase without jitter and flip (the images as used)',
     'warm_settle_iters': 'settle_iters of a warm-started batch',
+    'box_weight': "weight of the detector's own loss towards random target boxes (DIODE; "
+                  "one-stage mmdet detectors with invert='model'; 0: none)",
+    'boxes_per_image': '(min, max) random target boxes per image',
+    'box_size': '(min, max) side of a target box, a fraction of the image side',
 }
 
 # Settings that are new since the reference, with values that leave its behaviour unchanged.
 NEUTRAL_SETTINGS = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
                 warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0,
-                settle_iters=0, warm_settle_iters=0)
+                settle_iters=0, warm_settle_iters=0, box_weight=0.0, boxes_per_image=(1, 4),
+                box_size=(0.1, 0.5))
 
 _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',

@@ -83,6 +83,9 @@ def parse_args(argv=None):
                    help="fine-tuning epochs of the task budget (lr steps scaled with it; default: run.py's); "
                         'use its own --out, results are keyed without it')
     p.add_argument('--generator', default='{}', help='JSON overrides of every task\'s generator preset')
+    p.add_argument('--deepinversion', default='{}',
+                   help="JSON overrides of every task's DeepInversion synthesizer (di, di_x*, the online_di "
+                        'rows\' start and rounds), e.g. {"box_weight": 10}; use its own --out')
     p.add_argument('--online', default='{"interval": 4, "batches": 1, "begin": 4, "adv_weight": 1.0}',
                    help='JSON dfbf.online of the online rows (online_noadv: adv_weight 0)')
     p.add_argument('--finetune', default='{}',
@@ -102,6 +105,7 @@ def parse_args(argv=None):
         args.sparsity[task] = [float(v) for v in values.split(',')]
     args.generator = json.loads(args.generator)
     args.online = json.loads(args.online)
+    args.deepinversion = json.loads(args.deepinversion)
     args.finetune = json.loads(args.finetune)
     return args
 
@@ -125,6 +129,8 @@ def synthesis(task, method, args, results, log):
     cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
     data = cfg.dfbf['synthetic_data']
     data['cache_dir'] = osp.join(args.out, 'cache', task)
+    if method.startswith('di'):
+        cfg.dfbf['synthesizer'].update(args.deepinversion)
     if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
         from dfbf_mm.registry import SYNTHESIZERS
         k = int(method[len('di_x'):])
