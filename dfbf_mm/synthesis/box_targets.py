@@ -10,6 +10,7 @@ of that class. The boxes follow the roll, flip and pooling of every step.
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.structures import InstanceData
 from torch import nn
 
 
@@ -77,7 +78,8 @@ class BoxTargetLoss:
 
     def __call__(self, out, targets: Sequence[Tuple[torch.Tensor, torch.Tensor]],
                  image_size: Tuple[int, int]) -> torch.Tensor:
-        from mmengine.structures import InstanceData
+        # float32 outputs: the stock assigners compare them with float32 boxes (bf16 under amp)
+        out = [[t.float() for t in level] for level in out]
         device = out[0][0].device
         gts = [InstanceData(bboxes=b.to(device), labels=l.to(device)) for b, l in targets]
         metas = [dict(img_shape=tuple(image_size), pad_shape=tuple(image_size),

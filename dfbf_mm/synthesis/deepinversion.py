@@ -3,9 +3,10 @@
 Implements spec §2 (DeepInversion, Yin et al. CVPR 2020, as used by DFBF): BN-statistics
 matching on every BN-like layer, TV and l2 image priors, cross-entropy towards balanced
 labels for classifiers, an optional Adaptive-DeepInversion competition term against a
-student and, for one-stage detectors, an optional loss towards random target boxes (DIODE); random roll jitter and flips drawn from a seeded generator, one or two resolution
-phases, Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's
-own valid pixel range after every step.
+student and, for one-stage detectors, an optional loss towards random target boxes (DIODE);
+random roll jitter and flips drawn from a seeded generator, one or two resolution phases,
+Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's own valid
+pixel range after every step.
 """
 import contextlib
 import math
