@@ -86,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument('--deepinversion', default='{}',
                    help="JSON overrides of every task's DeepInversion synthesizer (di, di_x*, the online_di "
                         'rows\' start and rounds), e.g. {"box_weight": 10}; use its own --out')
+    p.add_argument('--synthesis-seed', type=int, default=None,
+                   help="synthetic_data.seed of every synthesis (default: the task config's); the images "
+                        'of another seed are another draw of the same method; use its own --out')
     p.add_argument('--online', default='{"interval": 4, "batches": 1, "begin": 4, "adv_weight": 1.0}',
                    help='JSON dfbf.online of the online rows (online_noadv: adv_weight 0)')
     p.add_argument('--finetune', default='{}',
@@ -129,6 +132,8 @@ def synthesis(task, method, args, results, log):
     cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
     data = cfg.dfbf['synthetic_data']
     data['cache_dir'] = osp.join(args.out, 'cache', task)
+    if args.synthesis_seed is not None:
+        data['seed'] = args.synthesis_seed
     if method.startswith('di'):
         cfg.dfbf['synthesizer'].update(args.deepinversion)
     if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
@@ -182,6 +187,8 @@ def finetune(task, method, sparsity, seed, args, results, log):
         cfg.dfbf['synthesizer'] = synth['synthesizer']
         cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
                                           cache_dir=osp.join(args.out, 'cache', task))
+        if args.synthesis_seed is not None:
+            cfg.dfbf['synthetic_data']['seed'] = args.synthesis_seed
         # same fine-tuning iterations: epochs x images held at the budget's
         epochs = max(1, round(budget / synth['num_images']))
         sched = cfg.dfbf['schedule']
