@@ -115,8 +115,11 @@ def parse_args(argv=None):
 
 def base_config(task, args, sparsity, method, work_dir):
     kind = 'real' if base_method(method) == 'real' else 'dfbf'
-    return bench.task_config(task, args, 'uniform', sparsity, kind + method[len(base_method(method)):],
-                             work_dir)
+    cfg = bench.task_config(task, args, 'uniform', sparsity, kind + method[len(base_method(method)):],
+                            work_dir)
+    if args.synthesis_seed is not None and kind == 'dfbf':  # synthesis and fine-tuning read one draw
+        cfg.dfbf['synthetic_data']['seed'] = args.synthesis_seed
+    return cfg
 
 
 def synthesis(task, method, args, results, log):
@@ -132,8 +135,6 @@ def synthesis(task, method, args, results, log):
     cfg = base_config(task, args, 0.5, 'dfbf', osp.join(args.out, 'runs', task, f'synth_{method}'))
     data = cfg.dfbf['synthetic_data']
     data['cache_dir'] = osp.join(args.out, 'cache', task)
-    if args.synthesis_seed is not None:
-        data['seed'] = args.synthesis_seed
     if method.startswith('di'):
         cfg.dfbf['synthesizer'].update(args.deepinversion)
     if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
@@ -187,8 +188,6 @@ def finetune(task, method, sparsity, seed, args, results, log):
         cfg.dfbf['synthesizer'] = synth['synthesizer']
         cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
                                           cache_dir=osp.join(args.out, 'cache', task))
-        if args.synthesis_seed is not None:
-            cfg.dfbf['synthetic_data']['seed'] = args.synthesis_seed
         # same fine-tuning iterations: epochs x images held at the budget's
         epochs = max(1, round(budget / synth['num_images']))
         sched = cfg.dfbf['schedule']
