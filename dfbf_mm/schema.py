@@ -210,6 +210,8 @@ SYNTHETIC_DATA = Block('dfbf.synthetic_data', 'the synthetic training images', [
     Option('num_images', 1600, 'images to synthesise (the dataset length)', integer(1)),
     Option('batch_size', 16, 'images optimised together', integer(
         2, why='per-batch BN statistics are undefined for 1 image')),
+    Option('train_batch_size', None, 'images per fine-tuning step and rank (default: batch_size; '
+           'synthesis batches and training batches need not match)', integer(1, allow_none=True)),
     Option('image_size', (256, 256), '(H, W) of the images, or one int', image_size),
     Option('seed', 0, 'base seed; batch b has its own stream', integer()),
     Option('cache_dir', None, 'cache root (default: <work_dir>/synthetic_cache)', optional_str),

@@ -40,6 +40,18 @@ def test_mission_config_becomes_a_runner_config(path):
     assert hooks == ['SyntheticDataHook', 'ChannelSpecHook', 'ExportHook']
 
 
+def test_train_batch_size_decouples_fine_tuning_from_synthesis_batches():
+    cfg = Config.fromfile(MISSION_CONFIGS[0])
+    data = cfg.dfbf.synthetic_data
+    assert to_runner_config(cfg).train_dataloader['batch_size'] == data.batch_size  # default: the same
+    cfg.dfbf.synthetic_data.update(batch_size=64, train_batch_size=8)
+    loader = to_runner_config(cfg).train_dataloader
+    assert loader['batch_size'] == 8 and loader['dataset']['batch_size'] == 64
+    cfg.dfbf.synthetic_data.train_batch_size = 0
+    with pytest.raises(ValueError, match='train_batch_size'):
+        to_runner_config(cfg)
+
+
 
 
 def test_lop_and_sp_in_the_distiller(tmp_path):

@@ -50,11 +50,12 @@ def resume_channel_spec(cfg: Config):
 def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
     """The train dataloader for ``dfbf.train_data`` (see TRAIN_DATA)."""
     data = dfbf['synthetic_data']
+    train_batch = data['train_batch_size'] or data['batch_size']
     if dfbf['train_data'] == 'real':
         if not stock_loader:
             raise ValueError("dfbf.train_data: 'real' needs the stock config's train_dataloader")
         loader = copy.deepcopy(stock_loader)
-        loader['batch_size'] = data['batch_size']
+        loader['batch_size'] = train_batch
         loader['dataset']['indices'] = data['num_images']  # an equal-size real subset
         return loader
     if dfbf['train_data'] == 'noise':
@@ -68,7 +69,7 @@ def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
             chain_length=data['chain_length'], invert=data['invert'],
             cache_dir=data['cache_dir'] or osp.join(work_dir, 'synthetic_cache'))
     return dict(
-        batch_size=data['batch_size'],
+        batch_size=train_batch,
         num_workers=0,  # images come from an in-memory cache; workers would only copy it
         sampler=dict(type='DefaultSampler', shuffle=True),
         collate_fn=dict(type='pseudo_collate'),

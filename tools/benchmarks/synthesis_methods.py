@@ -10,7 +10,7 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
 
 * ``di``: the task config's DeepInversion synthesizer (the `fast`-based schedules of
   docs/benchmark_results.md);
-* ``di_x2`` / ``di_x4``: DeepInversion at 1/k of the steps per image on k x the images (the
+* ``di_x2`` / ``di_x4`` / ``di_x8``: DeepInversion at 1/k of the steps per image on k x the images (the
   same teacher passes in all, the same fine-tuning iterations);
 * ``gen``: ``GeneratorSynthesizer`` with the task's preset, as many images as ``di``;
 * ``gen_norefine`` / ``gen_norefine_wall``: the same without the per-pixel refinement
@@ -50,7 +50,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
-BASE_METHODS = ('di', 'di_x2', 'di_x4', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
+BASE_METHODS = ('di', 'di_x2', 'di_x4', 'di_x8', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
                 'online', 'online_noadv', 'online_di', 'online_di_noadv', 'online_di_eq', 'online_di_q', 'real')
 # online rows: their offline start is gen's images (the same cache)
 ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'online_di_noadv': 'di_x4',
@@ -89,6 +89,9 @@ def parse_args(argv=None):
     p.add_argument('--synthesis-seed', type=int, default=None,
                    help="synthetic_data.seed of every synthesis (default: the task config's); the images "
                         'of another seed are another draw of the same method; use its own --out')
+    p.add_argument('--synthesis-batch-size', type=int, default=None,
+                   help='images optimised together by DeepInversion (di, di_x*), the fine-tuning '
+                        "batches kept at the budget's size (dfbf.synthetic_data.train_batch_size)")
     p.add_argument('--online', default='{"interval": 4, "batches": 1, "begin": 4, "adv_weight": 1.0}',
                    help='JSON dfbf.online of the online rows (online_noadv: adv_weight 0)')
     p.add_argument('--finetune', default='{}',
@@ -122,6 +125,13 @@ def base_config(task, args, sparsity, method, work_dir):
     return cfg
 
 
+def set_synthesis_batch(cfg, args, method):
+    """--synthesis-batch-size on a DeepInversion method; the fine-tuning batches stay the budget's."""
+    data = cfg.dfbf['synthetic_data']
+    if args.synthesis_batch_size and method.startswith('di'):
+        data.update(train_batch_size=data['batch_size'], batch_size=args.synthesis_batch_size)
+
+
 def synthesis(task, method, args, results, log):
     """Synthesise (or reuse) the method's images; returns its record (cache dir, images, time)."""
     import torch
@@ -137,6 +147,7 @@ def synthesis(task, method, args, results, log):
     data['cache_dir'] = osp.join(args.out, 'cache', task)
     if method.startswith('di'):
         cfg.dfbf['synthesizer'].update(args.deepinversion)
+        set_synthesis_batch(cfg, args, method)
     if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
         from dfbf_mm.registry import SYNTHESIZERS
         k = int(method[len('di_x'):])
@@ -180,6 +191,7 @@ def finetune(task, method, sparsity, seed, args, results, log):
     work_dir = osp.join(args.out, 'runs', task, f's{sparsity:g}_{method}_seed{seed}')
     cfg = base_config(task, args, sparsity, method, work_dir)
     budget = cfg.dfbf['synthetic_data']['num_images'] * cfg.dfbf['schedule']['epochs']
+    set_synthesis_batch(cfg, args, base_method(method))
     if base_method(method) != 'real':
         synth = results[f'{task}|synthesis|{ONLINE_START.get(base_method(method), base_method(method))}']
         part = START_FRACTION.get(base_method(method))
@@ -231,7 +243,8 @@ def table(results, args):
              'synthesis s | metric (seeds) | mean | % teacher | vs real |', '|' + '---|' * 11]
     names = dict(di='DeepInversion (task config, `fast`-based)',
                  di_x2='DeepInversion, 1/2 the steps on 2x the images',
-                 di_x4='DeepInversion, 1/4 the steps on 4x the images', gen='generator, same images',
+                 di_x4='DeepInversion, 1/4 the steps on 4x the images',
+                 di_x8='DeepInversion, 1/8 the steps on 8x the images', gen='generator, same images',
                  gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)',
                  gen_norefine='generator without refinement, same images',
                  gen_norefine_wall='generator without refinement, DeepInversion\'s wall time',
