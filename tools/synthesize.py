@@ -57,6 +57,7 @@ def main(argv=None) -> str:
     data = SYNTHETIC_DATA.read(dict(dfbf.get('synthetic_data') or {},
                                     **{k: v for k, v in overrides.items() if v is not None}))
     data['cache_dir'] = data['cache_dir'] or osp.join(args.out, 'cache')
+    data.pop('train_batch_size')  # a fine-tuning setting
     task = TASK_OF_SCOPE[config_scope(cfg)]
     # the settings are checked before the model is built and the checkpoint read
     synthesizer = build_checked(SYNTHESIZERS, DFBF.read_option('synthesizer', dfbf.get('synthesizer')),
