@@ -147,7 +147,7 @@ def synthesis(task, method, args, results, log):
     data['cache_dir'] = osp.join(args.out, 'cache', task)
     if method.startswith('di'):
         cfg.dfbf['synthesizer'].update(args.deepinversion)
-        set_synthesis_batch(cfg, args, method)
+    set_synthesis_batch(cfg, args, method)
     if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
         from dfbf_mm.registry import SYNTHESIZERS
         k = int(method[len('di_x'):])
@@ -191,7 +191,8 @@ def finetune(task, method, sparsity, seed, args, results, log):
     work_dir = osp.join(args.out, 'runs', task, f's{sparsity:g}_{method}_seed{seed}')
     cfg = base_config(task, args, sparsity, method, work_dir)
     budget = cfg.dfbf['synthetic_data']['num_images'] * cfg.dfbf['schedule']['epochs']
-    set_synthesis_batch(cfg, args, base_method(method))
+    # the batches its images were made in (an online row's: its offline start's)
+    set_synthesis_batch(cfg, args, ONLINE_START.get(base_method(method), base_method(method)))
     if base_method(method) != 'real':
         synth = results[f'{task}|synthesis|{ONLINE_START.get(base_method(method), base_method(method))}']
         part = START_FRACTION.get(base_method(method))
