@@ -17,7 +17,7 @@ dfbf = dict(
     # Full-resolution steps add pixel noise the BN statistics do not forbid; the detection
     # preset cut to 250 steps on the backbone alone gave 0.80 mAP after fine-tuning at s=0.5
     # (the first docs/benchmark_results.md). first_bn_multiplier stays fast's 1: 10 (the detection
-    # preset's) gave +0.35 mAP over five di_x4 draws, within noise (docs/synthesis_methods.md).
+    # preset's) gave +0.23 mAP over six di_x4 draws, within noise (docs/synthesis_methods.md).
     synthesizer=dict(type='DeepInversionSynthesizer', preset='fast', half_res_iterations=0,
                      iterations=50, settle_iters=50, ce_weight=0, init_std=0.2,
                      coarse_iterations=250, coarse_factor=2),
