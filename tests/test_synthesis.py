@@ -235,3 +235,34 @@ def test_batch_statistics_match_the_per_channel_definition():
         g_fused = torch.autograd.grad((mean * 2 + var).sum(), x)[0]
         g_ref = torch.autograd.grad((flat.mean(1) * 2 + flat.var(1, unbiased=False)).sum(), x)[0]
         assert torch.allclose(g_fused, g_ref, atol=1e-5)
+
+
+def test_compiled_step_matches_eager_and_compiles_once():
+    """compile=True: the same loss as eager (float rounding aside), one compiled graph for every
+    batch and phase (no recompilation per batch: new BN hooks are arguments), its own cache key."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                           nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+    for bn in (target[1], target[4]):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    target.eval()
+    lo, hi = torch.full((3, 1, 1), -3.0), torch.full((3, 1, 1), 3.0)
+    settings = dict(iterations=3, coarse_iterations=3, coarse_factor=2, settle_iters=1, warmup_iters=1,
+                    ce_weight=0.0, jitter=1, flip=True)
+    eager = DeepInversionSynthesizer('classification', **settings)
+    compiled = DeepInversionSynthesizer('classification', compile=True, **settings)
+    args = dict(batch_size=3, image_size=(8, 8), pixel_range=(lo, hi), progress=False)
+    from torch._dynamo.utils import counters
+    counters.clear()
+    for seed in (0, 1):
+        a, sa = eager.synthesize(target, seed=seed, **args)
+        b, sb = compiled.synthesize(target, seed=seed, **args)
+        assert torch.allclose(a, b, atol=1e-4) and sb['bn_eval'] == pytest.approx(sa['bn_eval'], rel=1e-4)
+        assert sb['teacher_passes'] == 6
+    assert counters['stats']['unique_graphs'] == 1  # both batches and both phases: one graph
+    assert compiled.config()['compile'] is True and 'compile' not in eager.config()
+    assert all(not m._forward_hooks for m in target.modules())
+    with pytest.raises(ValueError, match='^compile: must be True or False'):
+        DeepInversionSynthesizer(compile='yes')

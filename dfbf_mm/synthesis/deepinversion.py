@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..registry import SYNTHESIZERS
-from ..utils import eval_mode
+from ..utils import eval_mode, first_line
 from .bn_statistics import BNStatisticsLoss
 from .box_targets import BoxTargetLoss, check_count_and_size, move_boxes, sample_boxes
 from .inversion_target import check_image_size
@@ -105,6 +105,7 @@ class DeepInversionSynthesizer:
         self.preset = preset
         self.settings = settings
         self._checked_sizes = set()
+        self._compiled = {}  # id(target) -> CompiledStep (setting `compile`)
 
     @staticmethod
     def _validate(s: dict) -> None:
@@ -115,6 +116,8 @@ class DeepInversionSynthesizer:
         if s['iterations'] + s['half_res_iterations'] + s['coarse_iterations'] == 0:
             raise ValueError('iterations: iterations + half_res_iterations + coarse_iterations '
                              'must be positive')
+        if not isinstance(s['compile'], bool):
+            raise ValueError(f"compile: must be True or False, got {s['compile']!r}")
         if not isinstance(s['coarse_factor'], int) or s['coarse_factor'] < 1:
             raise ValueError(f'coarse_factor: must be a positive integer, got {s["coarse_factor"]!r}')
         for key in ('lr', 'warm_lr'):
@@ -168,6 +171,7 @@ class DeepInversionSynthesizer:
                     warmup_iters=s['warm_warmup_iters'], settle_iters=s['warm_settle_iters'])
         warm = DeepInversionSynthesizer.__new__(DeepInversionSynthesizer)
         warm.preset, warm.settings, warm._checked_sizes = self.preset, dict(s, **over), self._checked_sizes
+        warm._compiled = self._compiled
         return warm
 
     def warm_init(self, images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -284,6 +288,9 @@ class DeepInversionSynthesizer:
         def upsample(z):
             return F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False)
 
+        forward_terms = self._forward_terms
+        if s['compile'] and adversary is None:  # the adversary's taps are hooks of its own: eager
+            forward_terms = self._compiled.setdefault(id(target), CompiledStep(target))
         last_kind = phases[-1][0]
         passes = student_passes = 0
         terms: Dict[str, torch.Tensor] = {}
@@ -323,9 +330,10 @@ class DeepInversionSynthesizer:
                         optimizer.zero_grad(set_to_none=True)
                         bn_hooks.reset()
                         with autocast():
-                            out = target(xj)
+                            terms, out = forward_terms(self, target, bn_hooks, xj, labels)
                             student_out = student(xj) if s['adi_weight'] > 0 else None
-                        terms = self._loss_terms(bn_hooks, xj, out, student_out, labels)
+                        if student_out is not None:
+                            terms = self._loss_terms(bn_hooks, xj, out, student_out, labels, bn=terms['bn'])
                         if box_loss is not None:
                             terms['box'] = box_loss(out, step_boxes, tuple(xj.shape[-2:]))
                             terms['loss'] = terms['loss'] + s['box_weight'] * terms['box']
@@ -357,10 +365,18 @@ class DeepInversionSynthesizer:
                      seconds=time.perf_counter() - start)
         return x.detach(), stats
 
-    def _loss_terms(self, bn_hooks, xj, out, student_out, labels) -> Dict[str, torch.Tensor]:
-        """The unweighted loss terms and their weighted sum ``loss``."""
+    @staticmethod
+    def _forward_terms(synthesizer, target, bn_hooks, xj, labels):
+        """The teacher's forward on ``xj`` and the loss terms without a student:
+        ``(terms, out)``. What the setting ``compile`` compiles (:class:`CompiledStep`)."""
+        out = target(xj)
+        return synthesizer._loss_terms(bn_hooks, xj, out, None, labels), out
+
+    def _loss_terms(self, bn_hooks, xj, out, student_out, labels, bn=None) -> Dict[str, torch.Tensor]:
+        """The unweighted loss terms and their weighted sum ``loss`` (``bn``: the BN term
+        when already taken from this forward)."""
         s = self.settings
-        terms = dict(bn=bn_hooks.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
+        terms = dict(bn=bn_hooks.loss() if bn is None else bn, tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
         loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
         if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
             terms['ce'] = class_term(out, labels)
@@ -375,4 +391,32 @@ class DeepInversionSynthesizer:
         return f'{type(self).__name__}(preset={self.preset!r}, passes_per_batch={self.passes_per_batch})'
 
 
-__all__ = ['DeepInversionSynthesizer', 'js_competition', 'frozen_eval']
+class CompiledStep:
+    """``DeepInversionSynthesizer._forward_terms`` under ``torch.compile``, one per teacher.
+
+    The BN hooks, the synthesizer's settings and the labels are arguments, not closure cells,
+    so a new batch (new hooks) reuses the compiled graph instead of recompiling; a new image
+    size or phase input compiles once more. Backward runs through the compiled graph too.
+    """
+
+    def __init__(self, target: nn.Module):
+        self.target_name = type(target).__name__
+        self.fn = torch.compile(DeepInversionSynthesizer._forward_terms)
+        self.calls = 0
+
+    def __call__(self, synthesizer, target, bn_hooks, xj, labels):
+        # one view of the input in every phase and step (a leaf image, a rolled or upsampled
+        # one): the graph's guards see the same kind of tensor, so nothing recompiles
+        xj = xj.view_as(xj)
+        if self.calls:
+            return self.fn(synthesizer, target, bn_hooks, xj, labels)
+        try:
+            result = self.fn(synthesizer, target, bn_hooks, xj, labels)
+        except Exception as err:  # the compiler's own failure (no C++ compiler, an op it lacks)
+            raise RuntimeError(f'compile: torch.compile failed on {self.target_name} '
+                               f'({first_line(err)}); set compile=False') from err
+        self.calls += 1
+        return result
+
+
+__all__ = ['DeepInversionSynthesizer', 'CompiledStep', 'js_competition', 'frozen_eval']

@@ -28,6 +28,11 @@ SETTINGS_DOC = {
     'adi_weight': 'Adaptive-DeepInversion competition weight (against the pruned student, which the runner passes)',
     'adi_temperature': 'softmax temperature of the competition term',
     'amp': 'autocast (bf16) where CUDA is present',
+    'compile': "torch.compile the teacher's forward and the loss terms of a step, compiled once per "
+               'teacher and image size (a one-off compile, then 1.7x the steps per second of the '
+               'digits detector on one CPU thread, docs/synthesis_methods.md; needs a C++ '
+               'compiler on CPU; float rounding differs from eager, so it is part of the cache key; online '
+               'rounds with an adversary run eager)',
     'init_std': 'std of the N(0, std^2) starting noise in normalised space (reference: 1)',
     'coarse_iterations': 'Adam steps first on a (H/coarse_factor)-sized image, bilinearly '
                          'upsampled into the network (0: none)',
@@ -50,7 +55,7 @@ SETTINGS_DOC = {
 NEUTRAL_SETTINGS = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
                 warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0,
                 settle_iters=0, warm_settle_iters=0, box_weight=0.0, boxes_per_image=(1, 4),
-                box_size=(0.1, 0.5))
+                box_size=(0.1, 0.5), compile=False)
 
 _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',

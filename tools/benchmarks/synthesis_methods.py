@@ -11,7 +11,9 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
 * ``di``: the task config's DeepInversion synthesizer (the `fast`-based schedules of
   docs/benchmark_results.md);
 * ``di_x2`` / ``di_x4`` / ``di_x8``: DeepInversion at 1/k of the steps per image on k x the images (the
-  same teacher passes in all, the same fine-tuning iterations);
+  same teacher passes in all, the same fine-tuning iterations); ``di_x4c``: ``di_x4`` compiled
+  (``compile=True``: its own cache; ``--num-images`` gives it the images that fit in ``di``'s
+  wall time);
 * ``gen``: ``GeneratorSynthesizer`` with the task's preset, as many images as ``di``;
 * ``gen_norefine`` / ``gen_norefine_wall``: the same without the per-pixel refinement
   (``refine_steps=0``, 10 generator steps per batch: the detection preset before it);
@@ -50,7 +52,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
-BASE_METHODS = ('di', 'di_x2', 'di_x4', 'di_x8', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
+BASE_METHODS = ('di', 'di_x2', 'di_x4', 'di_x8', 'di_x4c', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
                 'online', 'online_noadv', 'online_di', 'online_di_noadv', 'online_di_eq', 'online_di_q', 'real')
 # online rows: their offline start is gen's images (the same cache)
 ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'online_di_noadv': 'di_x4',
@@ -92,6 +94,10 @@ def parse_args(argv=None):
     p.add_argument('--synthesis-batch-size', type=int, default=None,
                    help='images optimised together by DeepInversion (di, di_x*), the fine-tuning '
                         "batches kept at the budget's size (dfbf.synthetic_data.train_batch_size)")
+    p.add_argument('--num-images', type=int, default=None,
+                   help='images of the di_x* rows (default: the task budget\'s, times k for '
+                        "di_xk); the fine-tuning iterations stay the budget's; use its own --out (a cache "
+                        'holds batches by index, so a larger count reuses a smaller one\'s first batches)')
     p.add_argument('--online', default='{"interval": 4, "batches": 1, "begin": 4, "adv_weight": 1.0}',
                    help='JSON dfbf.online of the online rows (online_noadv: adv_weight 0)')
     p.add_argument('--finetune', default='{}',
@@ -150,11 +156,12 @@ def synthesis(task, method, args, results, log):
     set_synthesis_batch(cfg, args, method)
     if method.startswith('di_x'):  # the same teacher passes in all, spread over k x the images
         from dfbf_mm.registry import SYNTHESIZERS
-        k = int(method[len('di_x'):])
+        k = int(method[len('di_x'):].rstrip('c'))
         di = cfg.dfbf['synthesizer']
         settings = SYNTHESIZERS.build(copy.deepcopy(di)).settings
-        cfg.dfbf['synthesizer'] = dict(di, **{key: settings[key] // k for key in STEP_KEYS})
-        data['num_images'] *= k
+        cfg.dfbf['synthesizer'] = dict(di, **{key: settings[key] // k for key in STEP_KEYS},
+                                       **(dict(compile=True) if method.endswith('c') else {}))
+        data['num_images'] = args.num_images or data['num_images'] * k
     elif method != 'di':
         over = dict(args.generator, **(NO_REFINE if method.startswith('gen_norefine') else {}))
         cfg.dfbf['synthesizer'] = dict(type='GeneratorSynthesizer', preset=GENERATOR_PRESET[task],
@@ -245,7 +252,8 @@ def table(results, args):
     names = dict(di='DeepInversion (task config, `fast`-based)',
                  di_x2='DeepInversion, 1/2 the steps on 2x the images',
                  di_x4='DeepInversion, 1/4 the steps on 4x the images',
-                 di_x8='DeepInversion, 1/8 the steps on 8x the images', gen='generator, same images',
+                 di_x8='DeepInversion, 1/8 the steps on 8x the images',
+                 di_x4c='DeepInversion, 1/4 the steps per image, compiled (`compile=True`)', gen='generator, same images',
                  gen_wall='generator, DeepInversion\'s wall time', real='real data (bound)',
                  gen_norefine='generator without refinement, same images',
                  gen_norefine_wall='generator without refinement, DeepInversion\'s wall time',
