@@ -266,3 +266,18 @@ def test_compiled_step_matches_eager_and_compiles_once():
     assert all(not m._forward_hooks for m in target.modules())
     with pytest.raises(ValueError, match='^compile: must be True or False'):
         DeepInversionSynthesizer(compile='yes')
+
+
+def test_compile_failure_is_one_line(model, monkeypatch):
+    """A compiler that fails (no C++ compiler on CPU, an op it lacks) is a one-line error naming
+    the setting, not a page of Inductor trace."""
+    def failing(fn):
+        def call(*args, **kwargs):
+            raise RuntimeError('InvalidCxxCompiler: No working C++ compiler found\nmore lines')
+        return call
+    monkeypatch.setattr(torch, 'compile', failing)
+    synth = DeepInversionSynthesizer('classification', iterations=2, compile=True)
+    with pytest.raises(RuntimeError, match=r'^compile: torch.compile failed on ClassifierLogits '
+                                           r'\(InvalidCxxCompiler: No working C\+\+ compiler found\); set compile=False$'):
+        run(model, synth)
+    assert all(not m._forward_hooks for _, m in bn_layers(model))
