@@ -184,6 +184,10 @@ def synthesis(task, method, args, results, log):
                   batch_size=dataset.batch_size, cache=osp.basename(dataset.cache.dir),
                   synthesizer=cfg.dfbf['synthesizer'], **{k: dataset.stats[k] for k in
                                                          ('teacher_passes_per_image', 'student_passes_per_image')})
+    seconds = sorted(b.get('seconds', 0.0) for b in dataset.batch_stats[1:])
+    if dataset.batch_stats:  # the first batch carries a compile (di_x4c); the median one does not
+        record.update(first_batch_s=dataset.batch_stats[0].get('seconds', 0.0),
+                      median_batch_s=seconds[len(seconds) // 2] if seconds else None)
     log(f'[synthesis] {task} {method}: {record}')
     results[key] = record
     return record
