@@ -29,7 +29,7 @@ SETTINGS_DOC = {
     'adi_temperature': 'softmax temperature of the competition term',
     'amp': 'autocast (bf16) where CUDA is present',
     'compile': "torch.compile the teacher's forward and the loss terms of a step, compiled once per "
-               'teacher and image size (a one-off compile, then 1.7x the steps per second of the '
+               'teacher and image size (a one-off compile, then 1.5-1.6x the steps per second of the '
                'digits detector on one CPU thread, docs/synthesis_methods.md; needs a C++ '
                'compiler on CPU; float rounding differs from eager, so it is part of the cache key; online '
                'rounds with an adversary run eager)',
