@@ -332,8 +332,9 @@ class DeepInversionSynthesizer:
                         with autocast():
                             terms, out = forward_terms(self, target, bn_hooks, xj, labels)
                             student_out = student(xj) if s['adi_weight'] > 0 else None
-                        if student_out is not None:
-                            terms = self._loss_terms(bn_hooks, xj, out, student_out, labels, bn=terms['bn'])
+                        if student_out is not None:  # Adaptive DeepInversion's competition term
+                            terms['adi'] = js_competition(out, student_out, s['adi_temperature'])
+                            terms['loss'] = terms['loss'] + s['adi_weight'] * terms['adi']
                         if box_loss is not None:
                             terms['box'] = box_loss(out, step_boxes, tuple(xj.shape[-2:]))
                             terms['loss'] = terms['loss'] + s['box_weight'] * terms['box']
@@ -370,20 +371,16 @@ class DeepInversionSynthesizer:
         """The teacher's forward on ``xj`` and the loss terms without a student:
         ``(terms, out)``. What the setting ``compile`` compiles (:class:`CompiledStep`)."""
         out = target(xj)
-        return synthesizer._loss_terms(bn_hooks, xj, out, None, labels), out
+        return synthesizer._loss_terms(bn_hooks, xj, out, labels), out
 
-    def _loss_terms(self, bn_hooks, xj, out, student_out, labels, bn=None) -> Dict[str, torch.Tensor]:
-        """The unweighted loss terms and their weighted sum ``loss`` (``bn``: the BN term
-        when already taken from this forward)."""
+    def _loss_terms(self, bn_hooks, xj, out, labels) -> Dict[str, torch.Tensor]:
+        """The unweighted loss terms of the teacher's forward and their weighted sum ``loss``."""
         s = self.settings
-        terms = dict(bn=bn_hooks.loss() if bn is None else bn, tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
+        terms = dict(bn=bn_hooks.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
         loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
         if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
             terms['ce'] = class_term(out, labels)
             loss = loss + s['ce_weight'] * terms['ce']
-        if student_out is not None:
-            terms['adi'] = js_competition(out, student_out, s['adi_temperature'])
-            loss = loss + s['adi_weight'] * terms['adi']
         terms['loss'] = loss
         return terms
 
