@@ -290,7 +290,9 @@ class DeepInversionSynthesizer:
 
         forward_terms = self._forward_terms
         if s['compile'] and adversary is None:  # the adversary's taps are hooks of its own: eager
-            forward_terms = self._compiled.setdefault(id(target), CompiledStep(target))
+            if id(target) not in self._compiled:  # built once: not a new wrapper every batch
+                self._compiled[id(target)] = CompiledStep(target)
+            forward_terms = self._compiled[id(target)]
         last_kind = phases[-1][0]
         passes = student_passes = 0
         terms: Dict[str, torch.Tensor] = {}
@@ -392,8 +394,8 @@ class CompiledStep:
     """``DeepInversionSynthesizer._forward_terms`` under ``torch.compile``, one per teacher.
 
     The BN hooks, the synthesizer's settings and the labels are arguments, not closure cells,
-    so a new batch (new hooks) reuses the compiled graph instead of recompiling; a new image
-    size or phase input compiles once more. Backward runs through the compiled graph too.
+    so a new batch (new hooks) reuses the compiled graph instead of recompiling; another input
+    size (the half-resolution phase) compiles once more. Backward runs through the compiled graph too.
     """
 
     def __init__(self, target: nn.Module):
