@@ -2,7 +2,8 @@
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
-         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix] [--seed 0] [--epochs N] [--quick]
+         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix dfbf+head dfbf+neck real+head real+neck]
+        [--seed 0] [--epochs N] [--quick]
         [--out work_dirs/benchmark] [--data data/digits] [--report-only | --seed-dirs DIR [DIR ...]]
 
 For every task (digits classification / detection / keypoints), sparsity, pruning rule
@@ -18,7 +19,8 @@ committed teacher with ``DataFreeDistillRunner`` and measures on the test split:
   views of the synthetic images (``dfbf.views``: flip, random resized crop, brightness/contrast
   jitter; docs/augmented_views.md), ``dfbf+mix`` = the same plus CutMix between the images of a
   batch, ``dfbf+cutmix`` = CutMix alone, ``dfbf+mixup`` = ``dfbf+aug`` plus mixup, ``real+aug`` /
-  ``real+mix`` = the real-data bound with ``dfbf+aug``'s / ``dfbf+mix``'s views;
+  ``real+mix`` = the real-data bound with ``dfbf+aug``'s / ``dfbf+mix``'s views; ``dfbf+neck``
+  / ``dfbf+head`` (and ``real+``) = the frozen stock neck's outputs (and the head's) matched too;
 * backbone params, MACs and CPU latency (the ExportHook's profile rows), the synthesis wall
   time (once per task: all runs of a task share one synthetic cache) and the fine-tuning wall
   time (training epochs only; no validation, export or synthesis).
@@ -93,6 +95,9 @@ METHODS = {
     'dfbf+head+mix': dict(train_data='synthetic', distill=dict(neck_weight=1.0, head_weight=1.0),
                           views=dict(flip=0.5, crop=0.5, jitter=0.2, mix='cutmix', mix_prob=0.5)),
     'real+head': dict(train_data='real', distill=dict(neck_weight=1.0, head_weight=1.0)),
+    # the neck's outputs alone (docs/synthesis_methods.md, session 16)
+    'dfbf+neck': dict(train_data='synthetic', distill=dict(neck_weight=1.0)),
+    'real+neck': dict(train_data='real', distill=dict(neck_weight=1.0)),
 }
 # Budgets: overrides of each task config's dfbf block. 'full' keeps every run to a few CPU
 # minutes (2 shared cores) after a one-off synthesis per task; 'quick' is a smoke run.
@@ -125,7 +130,8 @@ COLORS = {'pruned': '0.6', 'dfbf': 'tab:blue', 'noise': 'tab:orange', 'real': 't
           'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown',
           'dfbf+aug': 'tab:cyan', 'dfbf+mix': 'tab:olive', 'real+aug': 'tab:pink',
           'dfbf+cutmix': 'gold', 'dfbf+mixup': 'navy', 'real+mix': 'magenta',
-          'dfbf+head': 'tab:gray', 'dfbf+head+mix': 'black', 'real+head': 'lime'}
+          'dfbf+head': 'tab:gray', 'dfbf+head+mix': 'black', 'real+head': 'lime',
+          'dfbf+neck': 'crimson', 'real+neck': 'darkgreen'}
 
 
 def parse_args(argv=None):

@@ -31,7 +31,9 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
   sized for it), so the whole run spends ``di_x4``'s (and DeepInversion ``fast``'s) teacher passes;
 * ``real``: the real train split (upper bound), same iterations;
 * ``<method>+mix``: the same images fine-tuned on random augmented views with CutMix between
-  them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md).
+  them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md); ``<method>+neck`` /
+  ``<method>+head``: the frozen stock neck's outputs (and the head's) matched too
+  (``dfbf.distill.neck_weight`` / ``head_weight`` = 1).
 
 Synthesis runs once per (task, method) and is timed in this process; teacher passes per image
 come from the cached batches (``SyntheticImageDataset.stats``: whole run, a stream's warm-up
@@ -63,7 +65,7 @@ START_FRACTION = {'online_di_eq': 0.5, 'online_di_q': 0.25}
 NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
 # suffixes: run.py's fine-tuning variants on the same images (dfbf+mix, dfbf+head, ...)
-SUFFIXES = {'+mix': 'views + CutMix', '+head': 'neck + head loss',
+SUFFIXES = {'+mix': 'views + CutMix', '+head': 'neck + head loss', '+neck': 'neck loss',
             '+head+mix': 'neck + head loss, views + CutMix'}
 METHODS = BASE_METHODS + tuple(m + sfx for sfx in SUFFIXES for m in BASE_METHODS
                                if not (m == 'real' and sfx == '+head+mix'))
