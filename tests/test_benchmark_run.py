@@ -91,3 +91,17 @@ def test_results_of_concurrent_benchmarks_are_merged(tmp_path):
     bench.save_results(first, path)
     assert sorted(bench.load_results(path)) == ['full|det|teacher', 'full|det|uniform|s0.5|dfbf',
                                                 'full|pose|teacher']
+
+
+def test_neck_suffix_turns_on_the_neck_loss(tmp_path):
+    """``+neck`` rows (synthesis_methods) / ``dfbf+neck`` (run.py) fine-tune with the frozen
+    neck's outputs matched; their base rows do not."""
+    from tools.benchmarks import synthesis_methods as sm
+    args = sm.parse_args(['--tasks', 'det', '--out', str(tmp_path)])
+    with_neck = sm.base_config('det', args, 0.5, 'di_x4c+neck', str(tmp_path / 'a'))
+    plain = sm.base_config('det', args, 0.5, 'di_x4c', str(tmp_path / 'b'))
+    real = sm.base_config('det', args, 0.5, 'real+neck', str(tmp_path / 'c'))
+    assert with_neck.dfbf['distill']['neck_weight'] == 1.0
+    assert real.dfbf['distill']['neck_weight'] == 1.0 and real.dfbf['train_data'] == 'real'
+    assert not plain.dfbf['distill'].get('neck_weight')
+    assert sm.base_method('di_x4c+neck') == 'di_x4c' and 'di_x4c+neck' in sm.METHODS
