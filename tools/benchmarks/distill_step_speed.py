@@ -77,18 +77,17 @@ def measure(name, batch, size, steps, neck=False):
             pruner=dict(type='L1FilterPruner', sparsity=0.1, layer_dependent=True),
             input_size=(size, size), distill=dict(neck_weight=w))) for w in ((0, 1.0) if neck else (0,))]
     sgd = dict(optimizer=dict(type='SGD', lr=1e-4, momentum=0.9, weight_decay=5e-4))
-    distiller = distillers[0]
     images = dict(inputs=[torch.randn(3, size, size) for _ in range(batch)])
-    steps_fns = []
+    distill_steps = []
     for d in distillers:
         d.train()
-        steps_fns.append(lambda d=d, o=build_optim_wrapper(d, sgd): d.train_step(images, o))
+        distill_steps.append(lambda d=d, o=build_optim_wrapper(d, sgd): d.train_step(images, o))
     # the plain step trains a separate copy of the pruned student with its own stock loss
-    student = copy.deepcopy(distiller.student).train()
+    student = copy.deepcopy(distillers[0].student).train()
     student.requires_grad_(True)
     plain_optim = build_optim_wrapper(student, sgd)
     data = labelled_batch(scope, batch, size)
-    t = timed([steps_fns[0], lambda: student.train_step(data, plain_optim), *steps_fns[1:]], steps)
+    t = timed([distill_steps[0], lambda: student.train_step(data, plain_optim), *distill_steps[1:]], steps)
     return dict(model=name, batch=batch, size=size, distill=t[0], plain=t[1],
                 ratio=t[0] / t[1], neck=t[2] if neck else None)
 
