@@ -1,4 +1,4 @@
-"""The dfbf schema is the one home of the block: README table, defaults and the round trip."""
+"""The dfbf schema is the one home of the block: the options table of the docs, defaults and the round trip."""
 import glob
 import inspect
 import os.path as osp
@@ -15,11 +15,11 @@ from dfbf_mm.synthesis import SyntheticImageDataset
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def test_readme_options_table_is_the_schema():
-    from tools.options_table import readme_table
-    with open(osp.join(REPO, 'README.md')) as f:
-        assert readme_table(f.read()) == options_table(), \
-            'README options table is stale: run python tools/options_table.py --readme README.md'
+def test_docs_options_table_is_the_schema():
+    from tools.options_table import DOC, doc_table
+    with open(osp.join(REPO, DOC)) as f:
+        assert doc_table(f.read()) == options_table(), \
+            f'{DOC}: options table is stale: run python tools/options_table.py --doc {DOC}'
 
 
 @pytest.mark.parametrize('block, cls', [(SYNTHETIC_DATA, SyntheticImageDataset), (EXPORT, ExportHook)])
