@@ -8,6 +8,10 @@ from .safe_checkpoint import register_safe_globals
 
 register_safe_globals()
 
+from .ops_fallback import install as install_ops_fallback  # noqa: E402
+
+install_ops_fallback()  # mmcv's ops through torchvision where mmcv has no kernels (docs/gpu.md)
+
 # the pipeline, in order: prune -> synthesize -> distill -> export; engine glues them
 from . import pruning, synthesis, distillation, export, engine  # noqa: E402,F401
 from . import evaluation  # noqa: E402,F401  (FGSM robustness metric)
