@@ -12,7 +12,7 @@ dfbf = dict(
     synthetic_data=dict(num_images=1600, batch_size=16, image_size=(256, 256), seed=0),
     distill=dict(distance='l1', weights=2, bn='update',  # weights 2 = reference for R-50 det
                  # the frozen stock neck's outputs matched too: +0.63 mAP over eight draws on the
-                 # digits detector at 0.5 uniform (docs/synthesis_methods.md, session 16)
+                 # digits detector at 0.5 uniform (docs/detection_finetuning.md)
                  neck_weight=1.0),
     schedule=dict(epochs=5, lr=0.01, lr_steps=[3]),
 )

@@ -508,7 +508,7 @@ def _pct(cell: str) -> float:
 
 
 def summary(rows) -> dict:
-    """Counts behind the floors of the sweep (issue 13)."""
+    """Counts behind the sweep's summary line."""
     swept = [r for r in rows if r['status'] != 'no config']
     conv = [r for r in swept if r['kind'] == 'conv']
     conv_ok = [r for r in conv if r['status'] == 'yes' and _pct(r['params_cut']) >= 10]

@@ -1,4 +1,4 @@
-"""Cost of one distillation step vs one plain training step of the student alone (issue 5).
+"""Cost of one distillation step vs one plain training step of the student alone.
 
     python -m tools.benchmarks.distill_step_speed [--models yolox_s resnet50 faster_rcnn_r50 rtmdet_s]
         [--batch 8] [--size 256] [--steps 5] [--neck] [--out docs/distill_step_speed.md]

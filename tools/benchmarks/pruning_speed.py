@@ -1,4 +1,4 @@
-"""Pruning time and what real channel removal buys in CPU latency (issue 3).
+"""Pruning time and what real channel removal buys in CPU latency.
 
     python -m tools.benchmarks.pruning_speed [--sparsity 0.5] [--runs 15] [--no-compile]
         [--out docs/pruning_speed.md]

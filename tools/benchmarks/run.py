@@ -56,7 +56,7 @@ TASKS = {
                  teacher='checkpoints/digits_pose_teacher.pth', metric='coco/AP',
                  scale=100.0, label='keypoint AP'),
 }
-# rule -> the dfbf overrides of a run at `sparsity`; for the target rules (issue 15) the
+# rule -> the dfbf overrides of a run at `sparsity`; for the target rules the
 # "sparsity" is the fraction of the backbone's MACs removed (L1FilterPruner target=dict(macs=s)):
 # one-shot uniform, one-shot global ranking, and 3 progressive steps (uniform) in the same epochs.
 RULES = {
@@ -95,7 +95,7 @@ METHODS = {
     'dfbf+head+mix': dict(train_data='synthetic', distill=dict(neck_weight=1.0, head_weight=1.0),
                           views=dict(flip=0.5, crop=0.5, jitter=0.2, mix='cutmix', mix_prob=0.5)),
     'real+head': dict(train_data='real', distill=dict(neck_weight=1.0, head_weight=1.0)),
-    # the neck's outputs alone (docs/synthesis_methods.md, session 16)
+    # the neck's outputs alone (docs/detection_finetuning.md)
     'dfbf+neck': dict(train_data='synthetic', distill=dict(neck_weight=1.0)),
     'real+neck': dict(train_data='real', distill=dict(neck_weight=1.0)),
 }
@@ -105,11 +105,11 @@ BUDGETS = {
     'full': {
         'cls': dict(),  # the config's own: 256 images x 40 epochs (also `make demo`'s)
         # det: 160 epochs (lr step at 128); at 0.5 / 0.7 uniform, dfbf went 39.5 / 13.8 mAP
-        # at 40 epochs -> 45.3 / 23.5 at 80 -> 45.6 / 33.2 at 160 (session 3, exploratory runs)
+        # at 40 epochs -> 45.3 / 23.5 at 80 -> 45.6 / 33.2 at 160 (exploratory runs)
         'det': dict(synthetic_data=dict(num_images=128, batch_size=16),
                     schedule=dict(epochs=160, lr_steps=[128])),
         # pose: 160 epochs (lr step at 120); dfbf at 0.7 uniform went 76.65 AP at 40 epochs ->
-        # 77.16 at 80 -> 77.83 at 160; 512 images x 80 epochs gave the same 77.88 (session 3)
+        # 77.16 at 80 -> 77.83 at 160; 512 images x 80 epochs gave the same 77.88
         'pose': dict(synthetic_data=dict(num_images=256, batch_size=32),
                      schedule=dict(epochs=160, lr_steps=[120])),
     },

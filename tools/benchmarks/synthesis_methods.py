@@ -1,4 +1,4 @@
-"""DeepInversion vs the meta-learned generator, side by side on the digits tasks (issue 14).
+"""DeepInversion vs the meta-learned generator, side by side on the digits tasks.
 
     python -m tools.benchmarks.synthesis_methods [--tasks cls det pose] [--methods di gen gen_wall real]
         [--sparsities cls=0.5 det=0.5,0.7 pose=0.5] [--seeds 0] [--out work_dirs/synthesis_methods]
@@ -61,7 +61,7 @@ ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'o
                 'online_di_eq': 'di_x4', 'online_di_q': 'di_x4'}
 # online rows that start from the first part of their start's batches (the rest left to the rounds)
 START_FRACTION = {'online_di_eq': 0.5, 'online_di_q': 0.25}
-# the generator as it was before per-pixel refinement (the detection preset of session 5)
+# the generator as it was before per-pixel refinement (the first detection preset)
 NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
 # suffixes: run.py's fine-tuning variants on the same images (dfbf+mix, dfbf+head, ...)

@@ -1,4 +1,4 @@
-"""The README table of the target-driven benchmark rows (issue 15) from a results.json.
+"""The table of the target-driven benchmark rows (docs/target_pruning.md) from a results.json.
 
     python -m tools.benchmarks.target_summary work_dirs/bench15/results.json
 

@@ -1,4 +1,4 @@
-"""MACs targets on every backbone of the README sweep table that prunes (issue 15).
+"""MACs targets on every backbone of the backbone sweep that prunes (docs/target_sweep.md).
 
     python -m tools.benchmarks.target_sweep [--targets 0.5 0.7] [--rankings uniform global]
         [--max-side 256] [--out docs/target_sweep.md]
