@@ -1,4 +1,4 @@
-"""Offline benchmark (issues 6 and 7): what data-free fine-tuning recovers after pruning.
+"""Offline benchmark: what data-free fine-tuning recovers after pruning (docs/benchmark_results.md).
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
@@ -14,7 +14,7 @@ committed teacher with ``DataFreeDistillRunner`` and measures on the test split:
 * the metric after fine-tuning the pruned backbone with the DFBF feature loss on
   ``dfbf`` = DeepInversion images (data-free), ``noise`` = Gaussian noise inputs, ``real`` =
   the real train split (upper bound), all with the same loss and iteration budget, and the
-  issue-7 variants ``dfbf+lop`` (LOP expansion, merged for val/export), ``dfbf+sp``
+  LOP / SP variants ``dfbf+lop`` (LOP expansion, merged for val/export), ``dfbf+sp``
   (similarity-preserving KD added) and ``dfbf+lop+sp``; ``dfbf+aug`` = DFBF on random augmented
   views of the synthetic images (``dfbf.views``: flip, random resized crop, brightness/contrast
   jitter; docs/augmented_views.md), ``dfbf+mix`` = the same plus CutMix between the images of a
