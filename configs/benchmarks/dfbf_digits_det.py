@@ -16,8 +16,8 @@ dfbf = dict(
     # bilinearly upsampled (smooth images), then 50 full-resolution steps without jitter.
     # Full-resolution steps add pixel noise the BN statistics do not forbid; the detection
     # preset cut to 250 steps on the backbone alone gave 0.80 mAP after fine-tuning at s=0.5
-    # (the first docs/benchmark_results.md). first_bn_multiplier stays fast's 1: 10 (the detection
-    # preset's) gave +0.23 mAP over six di_x4 draws, within noise (docs/synthesis_methods.md).
+    # (an early run of tools/benchmarks/run.py). first_bn_multiplier stays fast's 1: 10 (the
+    # detection preset's) gave +0.23 mAP over six di_x4 draws, within noise (docs/detection_synthesis.md).
     synthesizer=dict(type='DeepInversionSynthesizer', preset='fast', half_res_iterations=0,
                      iterations=50, settle_iters=50, ce_weight=0, init_std=0.2,
                      coarse_iterations=250, coarse_factor=2),
