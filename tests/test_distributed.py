@@ -67,6 +67,10 @@ def test_two_process_online_synthesis_shares_each_round(tmp_path):
         'dfbf.online.interval=1', 'dfbf.online.batches=2', 'dfbf.online.begin=1', 'dfbf.schedule.epochs=2',
         'dfbf.schedule.lr_steps=[2]', 'dfbf.synthetic_data.num_images=4', 'dfbf.synthetic_data.batch_size=2'],
         generator)
+    # offline, the generator's 2 batches form one stream per rank: both ranks synthesise
+    assert '[rank 0/2] synthetic data: generated 1 batches, reused 0' in log
+    assert '[rank 1/2] synthetic data: generated 1 batches, reused 0' in log
+    assert len(glob.glob(str(work / 'synthetic_cache' / '*' / 'generator_stream_*.pt'))) == 2
     # the round of 2 batches at epoch 1: one per rank, both read by both
     assert '[rank 0/2] online synthesis round 0: generated 1 batches, reused 0' in log
     assert '[rank 1/2] online synthesis round 0: generated 1 batches, reused 0' in log

@@ -130,6 +130,35 @@ def test_ranks_share_whole_streams(tmp_path, teacher):
     assert both.stats['teacher_passes_per_image'] == pytest.approx((3 + 2) * 2 / 4)
 
 
+def test_default_streams_split_over_ranks(tmp_path, teacher):
+    """stream_batches=0: one stream per rank, so every DDP rank synthesises its share; the
+    images are those of stream_batches=ceil(num_batches / world_size) on one process."""
+    r0, r1 = make(tmp_path / 'ddp'), make(tmp_path / 'ddp')
+    assert r0.prepare(teacher, 'classification', rank=0, world_size=2, progress=False)['generated'] == 2
+    assert r1.prepare(teacher, 'classification', rank=1, world_size=2, progress=False)['generated'] == 2
+    both = make(tmp_path / 'ddp')
+    assert both.prepare(teacher, 'classification', progress=False) == dict(generated=0, reused=4)
+    same_layout = make(tmp_path / 'one', synth=dict(stream_batches=2))
+    same_layout.prepare(teacher, 'classification', progress=False)
+    assert torch.equal(images(both), images(same_layout))
+    single = make(tmp_path / 'single')  # one process: one stream of all 4, as before
+    single.prepare(teacher, 'classification', progress=False)
+    assert single.stats['teacher_passes_per_image'] == pytest.approx((3 + 2 + 2 + 2) / 4)
+    assert torch.equal(images(single)[:4], images(both)[:4])  # stream 0's first 2 batches
+    assert not torch.equal(images(single)[4:], images(both)[4:])
+    # 4 ranks made the cache (4 streams of 1 batch), 2 ranks resume it: stream 1's saved state
+    # (of batch 1) is not continued into stream 1 of 2 ranks (batches 2, 3), which restarts
+    import os
+    for rank in range(4):
+        make(tmp_path / 'four').prepare(teacher, 'classification', rank=rank, world_size=4, progress=False)
+    four = make(tmp_path / 'four')
+    assert four.prepare(teacher, 'classification', progress=False)['reused'] == 4
+    os.remove(four.cache.path(3))
+    again = make(tmp_path / 'four')
+    assert again.prepare(teacher, 'classification', rank=1, world_size=2, progress=False) == dict(generated=1, reused=1)
+    assert torch.equal(images(again)[6:], images(both)[6:])
+
+
 def test_errors_and_sizes(tmp_path, teacher):
     with pytest.raises(ValueError, match='chain_length: GeneratorSynthesizer makes streams'):
         make(tmp_path, chain_length=2).prepare(teacher, 'classification', progress=False)

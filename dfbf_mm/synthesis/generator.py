@@ -402,17 +402,21 @@ class GeneratorSynthesizer:
         """Synthesise this rank's missing batches of ``dataset`` (a prepared
         SyntheticImageDataset: its ``cache``, ``_shape``, ``seed``) stream by stream.
 
-        Stream k holds batches ``[k S, (k + 1) S)`` (S = ``stream_batches``, 0: all) and belongs
-        to rank ``k % world_size``. A stream resumes from its saved state when that state is at
-        or before its first missing batch (cached batches in between are recomputed, not
-        rewritten), otherwise it restarts from its first batch: the same seeds give the same
-        images, so either way the cache holds one stream's images.
+        Stream k holds batches ``[k S, (k + 1) S)`` (S = ``stream_batches``; 0: the batches split
+        into one stream per rank, ``ceil(num_batches / world_size)`` each, so every rank
+        synthesises; a single process makes one stream of all) and belongs to rank
+        ``k % world_size``. A stream resumes from its saved state when that state is of the same
+        batches and at or before its first missing batch (cached batches in between are
+        recomputed, not rewritten), otherwise it restarts from its first batch: the same seeds give
+        the same images, so either way the cache holds one stream's images. With 0, a run on
+        another number of ranks lays its streams out anew (the images of a stream depend on the
+        batches before it in that stream).
         """
         if dataset.chain_length != 1:
             raise ValueError(f'chain_length: GeneratorSynthesizer makes streams of batches itself '
                              f'(stream_batches); use chain_length=1, got {dataset.chain_length}')
         cache, shape, nb = dataset.cache, dataset._shape, dataset.num_batches
-        per = self.settings['stream_batches'] or nb
+        per = self.settings['stream_batches'] or -(-nb // world_size)
         streams = [(k, range(s0, min(s0 + per, nb))) for k, s0 in enumerate(range(0, nb, per))]
         mine = [(k, r) for k, r in streams if k % world_size == rank]
         batches = [b for _, r in mine for b in r]
@@ -432,22 +436,27 @@ class GeneratorSynthesizer:
             stream = _Stream(self, _stream_seed(dataset.seed, k), shape[2:], channels, device,
                              num_classes if labels_of(r.start) is not None else 0, len(r))
             state = self._load_state(cache, k)
+            if state is not None and state.get('batches', [r.start, r.stop]) != [r.start, r.stop]:
+                print_log(f'synthetic_data: generator stream {k} was of batches {state["batches"]}, '
+                          f'now {[r.start, r.stop]} (another stream_batches or number of ranks); it '
+                          'restarts from its first batch', logger='current', level=30)
+                state = None
             if state is not None and r.start + int(state['done']) <= todo[0]:
                 stream.load_state_dict(state)
-            plans.append((k, stream, range(r.start + stream.done, todo[-1] + 1)))
+            plans.append((k, stream, range(r.start + stream.done, todo[-1] + 1), [r.start, r.stop]))
         s = self.settings
         total = sum((stream.first_steps if stream.done == 0 and i == 0 else s['steps']) + s['refine_steps']
-                    for _, stream, span in plans for i, _ in enumerate(span))
+                    for _, stream, span, _ in plans for i, _ in enumerate(span))
         bar = tqdm(total=total, desc='generator steps', disable=not progress, dynamic_ncols=True)
         try:
-            for k, stream, r in plans:
+            for k, stream, r, own in plans:
                 for b in r:
                     labels = labels_of(b)
                     images, stats = stream.batch(target, dataset.batch_size, pixel_range,
                                                  _batch_seed(dataset.seed, b), labels, self._loss_terms, bar)
                     if b in missing:
                         cache.save(b, images, labels=labels, stats=stats)
-                    self._save_state(cache, k, stream.state_dict())
+                    self._save_state(cache, k, dict(stream.state_dict(), batches=own))
         finally:
             bar.close()
         return dict(generated=len(missing), reused=len(batches) - len(missing))

@@ -99,8 +99,8 @@ GENERATOR_SETTINGS_DOC = {
     'first_steps': "steps of a stream's first batch (the meta generator starts untrained; counted)",
     'max_passes_per_image': "cap on a stream's teacher passes per image, warm-up included: the "
                             'first batch is shortened to fit (0: no cap)',
-    'stream_batches': 'batches per meta-learning stream (0: all batches in one); a DDP rank '
-                      'synthesises whole streams',
+    'stream_batches': 'batches per meta-learning stream (0: one stream per DDP rank, all '
+                      'batches in one on a single process); a rank synthesises whole streams',
     'latent_dim': 'size of the latent vector z',
     'channels': 'generator width (ngf): 2x channels up to the last block, x1 in it',
     'lr': 'Adam lr of the per-batch (fast) generator',
