@@ -8,7 +8,6 @@ random roll jitter and flips drawn from a seeded generator, one or two resolutio
 Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's own valid
 pixel range after every step.
 """
-import contextlib
 import math
 import time
 from typing import Dict, Optional, Sequence, Tuple
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..device import autocast_for
 from ..registry import SYNTHESIZERS
 from ..utils import eval_mode, first_line
 from .bn_statistics import BNStatisticsLoss
@@ -275,8 +275,7 @@ class DeepInversionSynthesizer:
         lo, hi = lo.to(device), hi.to(device)
         if x is not None:
             x = x.to(device).requires_grad_(True)
-        use_amp = s['amp'] and device.type == 'cuda' and torch.cuda.is_bf16_supported()
-        autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+        autocast = autocast_for(device, s['amp'])
         if labels is not None:
             labels = labels.to(device).long()
         box_loss = boxes = None

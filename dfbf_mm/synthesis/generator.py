@@ -30,7 +30,6 @@ import copy
 import math
 import os.path as osp
 import time
-import contextlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -39,6 +38,7 @@ from mmengine.logging import print_log
 from torch import nn
 from tqdm import tqdm
 
+from ..device import autocast_for, cpu_seeded
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss, batch_statistics
 from .cache import atomic_save
@@ -143,8 +143,7 @@ class _Stream:
                 s['steps'], (s['max_passes_per_image'] - s['refine_steps']) * length
                 - s['steps'] * (length - 1)))
         self.refiner = synth.refiner()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with cpu_seeded(seed):  # built on the CPU; no device generator re-seeded
             self.generator = Generator(s['latent_dim'], s['channels'], image_size, channels,
                                        num_classes if s['conditional'] else 0)
         self.generator.to(device).train()
@@ -180,8 +179,7 @@ class _Stream:
         gen = torch.Generator().manual_seed(int(seed))
         meta = self.generator
         if s['reset_latent_layer']:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_derived_seed(gen))
+            with cpu_seeded(_derived_seed(gen)):
                 fresh = nn.Linear(meta.linear.in_features, meta.linear.out_features).to(device)
             meta.linear.load_state_dict(fresh.state_dict())
         fast = copy.deepcopy(meta)
@@ -192,8 +190,7 @@ class _Stream:
         for p in meta_params:
             p.grad = torch.zeros_like(p)
         lo, hi = (t.to(device) for t in pixel_range)
-        use_amp = s['amp'] and device.type == 'cuda' and torch.cuda.is_bf16_supported()
-        autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+        autocast = autocast_for(device, s['amp'])
         if labels is not None:
             labels = labels.to(device).long()
         if meta.num_classes and labels is None:

@@ -27,7 +27,7 @@ SETTINGS_DOC = {
     'ce_weight': 'lambda_CE (classifiers only; balanced target labels)',
     'adi_weight': 'Adaptive-DeepInversion competition weight (against the pruned student, which the runner passes)',
     'adi_temperature': 'softmax temperature of the competition term',
-    'amp': 'autocast (bf16) where CUDA is present',
+    'amp': 'bf16 autocast where the device runs it natively (CUDA compute capability >= 8.0), else fp32',
     'compile': "torch.compile the teacher's forward and the loss terms of a step, compiled once per "
                'teacher and image size (a one-off compile, then 1.5-1.6x the steps per second of the '
                'digits detector on one CPU thread, docs/synthesis_methods.md; needs a C++ '
@@ -120,7 +120,7 @@ GENERATOR_SETTINGS_DOC = {
     'jitter': 'max random roll in pixels before the teacher',
     'flip': 'random horizontal flip before the teacher',
     'keep': "images kept per batch: 'best' (lowest loss of the steps) or 'last' step's",
-    'amp': 'autocast (bf16) where CUDA is present',
+    'amp': 'bf16 autocast where the device runs it natively (CUDA compute capability >= 8.0), else fp32',
     'refine_steps': "per-pixel DeepInversion steps on each batch's generated images after the "
                     "generator's (counted as passes; 0: none)",
     'refine_lr': 'Adam lr of those steps (the `fast` preset otherwise)',
