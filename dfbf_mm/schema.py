@@ -217,7 +217,6 @@ SYNTHETIC_DATA = Block('dfbf.synthetic_data', 'the synthetic training images', [
     Option('cache_dir', None, 'cache root (default: <work_dir>/synthetic_cache)', optional_str),
     Option('num_classes', None, "classes of the balanced CE labels (default: the classifier head's)",
            integer(1, allow_none=True)),
-    Option('chain_length', 1, 'batches per warm-start chain (1: every batch from noise)', integer(1)),
     Option('invert', 'auto', "what is inverted: 'auto' (a detector's / pose model's backbone, a "
            "whole classifier), 'backbone', or 'model' (the whole forward, neck and head BN too)",
            one_of(*INVERT)),
@@ -337,17 +336,13 @@ PROGRESSIVE = Block('dfbf.progressive', 'prune toward dfbf.pruner.target in step
 ], optional=True)
 
 ONLINE = Block('dfbf.online', 'online synthesis: the image pool grows during fine-tuning, new '
-               'batches made against the current student by the synthesizer (GeneratorSynthesizer or '
-               'DeepInversionSynthesizer; off unless given; True: these defaults; docs/synthesis_methods.md)', [
+               'batches made against the current student by the GeneratorSynthesizer stream (off unless '
+               'given; True: these defaults; docs/synthesis_methods.md)', [
     Option('interval', 2, 'epochs between rounds of new batches', integer(1)),
     Option('batches', 1, 'batches added per round (all ranks together)', integer(1)),
     Option('begin', 2, 'epoch (0-based) of the first round', integer(0)),
     Option('adv_weight', 1.0, 'weight of the adversarial term: the feature distance between teacher '
            'and current student, maximised (0: off)', number()),
-    Option('warm_steps', 0, 'DeepInversion rounds: 0, each batch from noise with the full schedule; '
-           "N > 0, from a random earlier batch of the pool in N steps of the synthesizer's warm_* "
-           'schedule (warm_lr, warm_shift, ...): far fewer teacher passes per batch, but on the digits '
-           'detector 3.6-5.6 mAP under rounds from noise (docs/synthesis_methods.md)', integer(0)),
     Option('grid_images', 64, 'images of each round written to <work_dir>/online_images.png (0: none)',
            integer(0)),
 ], optional=True)
@@ -361,7 +356,7 @@ DFBF = Block('dfbf', 'the experiment', [
            registered(PRUNERS), required=True),
     Option('synthesizer', None, "a SYNTHESIZERS config: DeepInversionSynthesizer(preset=..., "
            "**settings), presets 'classification', 'detection', 'pose' (the reference settings), "
-           "'fast' (1/10 of the teacher passes, docs/synthesis_speed.md) and 'fast_chain'; or "
+           "'fast' (1/10 of the teacher passes, docs/synthesis_speed.md); or "
            "GeneratorSynthesizer(preset=..., **settings), a meta-learned generator at <= 20 "
            "teacher passes per image, presets 'classification', 'detection', 'pose' "
            "(docs/synthesis_methods.md)",
@@ -438,21 +433,14 @@ def check_progressive(dfbf: dict) -> None:
 
 
 def check_online(dfbf: dict) -> None:
-    """One line unless ``dfbf.online`` fits: synthetic data from a GeneratorSynthesizer or a
-    DeepInversionSynthesizer."""
+    """One line unless ``dfbf.online`` fits: synthetic data from a GeneratorSynthesizer."""
     if dfbf['train_data'] != 'synthetic':
         raise ValueError(f"dfbf.online: grows the synthetic pool; dfbf.train_data is {dfbf['train_data']!r}")
     kind = dfbf['synthesizer'].get('type')
     kind = getattr(kind, '__name__', kind)
-    if kind not in ('GeneratorSynthesizer', 'DeepInversionSynthesizer'):
-        raise ValueError(f"dfbf.online: needs dfbf.synthesizer of type 'GeneratorSynthesizer' or "
-                         f"'DeepInversionSynthesizer' (they make the online batches), got {kind!r}")
-    if (dfbf['online'] or {}).get('warm_steps') and kind != 'DeepInversionSynthesizer':
-        raise ValueError(f"dfbf.online.warm_steps: warm-starts DeepInversion batches; {kind} has no "
-                         'warm start (set dfbf.online.warm_steps=0)')
-    if dfbf['synthesizer'].get('adi_weight'):
-        raise ValueError('dfbf.online: the online rounds compete with the current student through '
-                         'dfbf.online.adv_weight; set dfbf.synthesizer.adi_weight=0')
+    if kind != 'GeneratorSynthesizer':
+        raise ValueError(f"dfbf.online: needs dfbf.synthesizer of type 'GeneratorSynthesizer' (its stream "
+                         f"makes the online batches), got {kind!r}")
 
 
 def options_table() -> str:

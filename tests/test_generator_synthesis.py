@@ -114,6 +114,29 @@ def test_resume_after_kill_continues_the_stream(tmp_path, teacher, monkeypatch):
     again = make(tmp_path / 'killed')
     assert again.prepare(teacher, 'classification', progress=False) == dict(generated=1, reused=3)
     assert len(calls) == 1 and torch.equal(images(again), images(full))
+    # a corrupt state file: named in one warning line and deleted (as a corrupt cached batch),
+    # the stream restarts from its first batch and makes the same images
+    import glob
+    import logging
+    from mmengine.logging import MMLogger
+    state, = glob.glob(str(tmp_path / 'killed' / '*' / 'generator_stream_0000.pt'))
+    with open(state, 'wb') as f:
+        f.write(b'not a torch file')
+    os.remove(again.cache.path(3))
+    calls.clear()
+    records, handler = [], logging.Handler()
+    handler.emit = records.append
+    MMLogger.get_current_instance().addHandler(handler)
+    try:
+        corrupt = make(tmp_path / 'killed')
+        assert corrupt.prepare(teacher, 'classification', progress=False) == dict(generated=1, reused=3)
+    finally:
+        MMLogger.get_current_instance().removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert warnings == [f'synthetic_data: generator state {state} is invalid (unreadable: UnpicklingError); '
+                        'the stream starts afresh']
+    assert len(calls) == 4 and torch.equal(images(corrupt), images(full))
+    assert torch.load(state, weights_only=True)['done'] == 4  # rewritten after each batch
 
 
 def test_ranks_share_whole_streams(tmp_path, teacher):
@@ -160,8 +183,6 @@ def test_default_streams_split_over_ranks(tmp_path, teacher):
 
 
 def test_errors_and_sizes(tmp_path, teacher):
-    with pytest.raises(ValueError, match='chain_length: GeneratorSynthesizer makes streams'):
-        make(tmp_path, chain_length=2).prepare(teacher, 'classification', progress=False)
     synth = GeneratorSynthesizer(**{k: v for k, v in SYNTH.items() if k != 'type'})
     assert synth.network_inputs() == [('generator (steps)', 1)]
     target = inversion_target(teacher, 'classification')
@@ -173,6 +194,26 @@ def test_errors_and_sizes(tmp_path, teacher):
     capped = GeneratorSynthesizer(channels=4, latent_dim=8, steps=2, first_steps=30, max_passes_per_image=5)
     assert capped.synthesize(target, 2, (8, 8), pixel_range(teacher), seed=3,
                              progress=False)[1]['teacher_passes'] == 5
+
+
+def test_tv_norm_is_honoured_as_in_deepinversion(teacher):
+    """The generator's loss terms are DeepInversion's (one code path): ``tv_norm`` 'l1' is a
+    setting that changes the images; 'l2', the generator's only norm before, stays out of the
+    cache key."""
+    from dfbf_mm.synthesis.priors import total_variation
+    kw = dict(channels=4, latent_dim=8, steps=2, first_steps=2, tv_weight=1.0)
+    target = inversion_target(teacher, 'classification')
+    runs = {}
+    for norm in ('l2', 'l1'):
+        x, stats = GeneratorSynthesizer(tv_norm=norm, **kw).synthesize(
+            target, 2, (8, 8), pixel_range(teacher), seed=3, labels=torch.tensor([0, 4]), progress=False)
+        runs[norm] = x
+        assert {'bn', 'tv', 'l2', 'ce'} <= set(stats)
+    assert not torch.equal(runs['l1'], runs['l2'])
+    assert 'tv_norm' not in GeneratorSynthesizer(**kw).config()
+    assert GeneratorSynthesizer(tv_norm='l1', **kw).config()['tv_norm'] == 'l1'
+    with pytest.raises(ValueError, match="^tv_norm: 'l3' is not one of l2, l1$"):
+        GeneratorSynthesizer(tv_norm='l3')
 
 
 def test_refine_steps_are_counted_and_lower_the_bn_loss(tmp_path, teacher):

@@ -13,11 +13,8 @@ from dfbf_mm.registry import DATASETS
 from dfbf_mm.schema import read_dfbf
 from dfbf_mm.stock_model import build_stock_model, pixel_range
 from dfbf_mm.synthesis import DeepInversionSynthesizer, FeatureAdversary, OnlinePool, inversion_target
-from dfbf_mm.synthesis.dataset import batch_seed
-from dfbf_mm.synthesis.online_pool import _ONLINE_SEED_BASE
 
 from test_generator_synthesis import MODEL, PRE, SYNTH
-from test_progressive import _run as _train
 from test_walking_skeleton import STOCK_CFG
 from tiny_data import imagenet_style_folder
 
@@ -35,6 +32,16 @@ def pair():
     student = copy.deepcopy(teacher)
     L1FilterPruner(sparsity=0.5).prune(student.backbone, torch.zeros(1, 3, 8, 8))
     return teacher.eval(), student
+
+
+def _train(cfg_file, work_dir, resume=False):
+    from dfbf_mm.engine import DataFreeDistillRunner
+    cfg = Config.fromfile(cfg_file)
+    cfg.work_dir = work_dir
+    cfg.resume = resume
+    runner = DataFreeDistillRunner.from_cfg(cfg)
+    runner.train()
+    return runner
 
 
 def l1(s_taps, t_taps, s_outs, t_outs):
@@ -142,89 +149,30 @@ def test_pool_schedule_resample_and_rank_shares(tmp_path, pair):
         p0.load_round(1)
 
 
-DI = dict(type='DeepInversionSynthesizer', preset='fast', iterations=4, half_res_iterations=0,
-          coarse_iterations=0, settle_iters=0)
-
-
-def test_pool_of_deepinversion_rounds_against_the_student(tmp_path, pair):
-    """A DeepInversion pool: each online batch from noise with its own seed, made against the
-    student, resumable within a round (ADI's own term is refused by the schema, below)."""
-    teacher, student = pair
-    target = inversion_target(teacher, 'classification')
+def test_pool_needs_the_generator_stream(tmp_path, pair):
+    """Online batches continue the offline generator stream; a DeepInversion dataset is refused
+    in one line naming the field."""
+    teacher, _ = pair
     ds = DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2, image_size=(8, 8),
-                             synthesizer=DI, cache_dir=str(tmp_path / 'c'), seed=0))
-    ds.prepare(teacher, 'classification', progress=False)
-    p = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=3)
-    p.open(str(tmp_path / 'pool'), 'k', 0, False, torch.device('cpu'))
-    assert p.stream is None
-    adversary = FeatureAdversary(teacher.backbone, student.backbone, TAPS, l1, weight=1.0)
-    with adversary:
-        assert p.make_round(0, target, pixel_range(teacher), adversary) == dict(generated=2, reused=0)
-    added = p.load_round(0)
-    assert len(added) == 2 and not torch.equal(added[0], added[1])
-    assert not any(torch.equal(a, ds._batch(b)) for a in added for b in range(ds.num_batches))  # own seeds
-    stats = p.stats()
-    assert stats['images'] == 8
-    assert stats['teacher_passes_per_image'] == pytest.approx(4)  # 4 steps per batch, offline and online
-    assert stats['student_passes_per_image'] == pytest.approx(4 / 2)  # the adversary's: online batches only
-    # killed after round 0: the resumed run reads it and makes round 1 only
-    p2 = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=3)
-    p2.open(str(tmp_path / 'pool'), 'k', 1, True, torch.device('cpu'))
-    assert len(ds.pool) == 2 and torch.equal(ds.pool[0], added[0])
-    assert p2.make_round(1, target, pixel_range(teacher)) == dict(generated=2, reused=0)
-    again = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=3)
-    again.open(str(tmp_path / 'pool'), 'k', 1, True, torch.device('cpu'))
-    assert again.make_round(1, target, pixel_range(teacher)) == dict(generated=0, reused=2)
-
-
-def test_warm_started_deepinversion_rounds(tmp_path, pair):
-    """warm_steps: each online batch starts from a pool batch, in warm_steps steps of the warm_*
-    schedule (fewer teacher passes); the same seed draws the same start."""
-    teacher, student = pair
-    target = inversion_target(teacher, 'classification')
-    ds = DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2, image_size=(8, 8),
-                             synthesizer=DI, cache_dir=str(tmp_path / 'c'), seed=0))
-    ds.prepare(teacher, 'classification', progress=False)
-    with pytest.raises(ValueError, match='dfbf.online.warm_steps: warm-starts DeepInversion batches'):
-        OnlinePool(DATASETS.build(dict(type='SyntheticImageDataset', num_images=4, batch_size=2,
-                                       image_size=(8, 8), synthesizer=dict(type='GeneratorSynthesizer'),
-                                       cache_dir=str(tmp_path / 'g'))), 1, 1, 0, 2, warm_steps=1)
-
-    def one_round(root):
-        p = OnlinePool(ds, interval=1, batches=2, begin=0, epochs=2, warm_steps=1)
-        p.open(str(tmp_path / root), 'k', 0, False, torch.device('cpu'))
-        assert p.make_round(0, target, pixel_range(teacher)) == dict(generated=2, reused=0)
-        return p, p.load_round(0)
-
-    p, added = one_round('pool')
-    assert p.stats()['teacher_passes_per_image'] == pytest.approx((2 * 4 + 2 * 1) / 4)  # 1 warm step
-    # batch 0 of round 0 is one warm step from a pool batch (offline ones only, before any round)
-    seed = batch_seed(ds.seed, _ONLINE_SEED_BASE - 1)
-    ds.pool = []
-    source = p._warm_source(seed)
-    assert any(torch.equal(source, ds._batch(b)) for b in range(ds.num_batches))
-    synth = ds.synthesizer
-    expected, _ = synth.warm_synthesizer(1).synthesize(target, 2, (8, 8), pixel_range(teacher), seed,
-                                                       init=synth.warm_init(source, seed), progress=False,
-                                                       labels=ds._labels(ds.num_batches, ds.task, ds.label_classes))
-    assert torch.equal(added[0], expected)
-    assert torch.equal(one_round('pool_again')[1][0], added[0])  # seeded: the same start and steps
+                             synthesizer=dict(type='DeepInversionSynthesizer', preset='fast', iterations=1),
+                             cache_dir=str(tmp_path / 'c'), seed=0))
+    with pytest.raises(ValueError, match="^dfbf.synthesizer: dfbf.online needs type 'GeneratorSynthesizer' "
+                                         r'\(its stream makes the online batches\), got DeepInversionSynthesizer$'):
+        OnlinePool(ds, interval=1, batches=1, begin=0, epochs=2)
 
 
 def test_online_rejects_settings_that_cannot_work():
     base = dict(teacher_checkpoint='t.pth', pruner=dict(type='L1FilterPruner', sparsity=0.5),
                 synthesizer=dict(type='GeneratorSynthesizer'))
     assert read_dfbf(dict(base, online=True))['online'] == dict(interval=2, batches=1, begin=2,
-                                                                 adv_weight=1.0, warm_steps=0,
-                                                                 grid_images=64)
+                                                                 adv_weight=1.0, grid_images=64)
     assert read_dfbf(dict(base, online=False))['online'] is None
-    assert read_dfbf(dict(base, online=True, synthesizer=dict(type='DeepInversionSynthesizer')))['online']
     for online, extra, match in (
             (True, dict(train_data='noise'), "dfbf.online: grows the synthetic pool; dfbf.train_data is 'noise'"),
-            (True, dict(synthesizer=dict(type='DeepInversionSynthesizer', adi_weight=1.0)),
-             'dfbf.online: the online rounds compete with the current student through dfbf.online.adv_weight'),
-            (dict(warm_steps=3), {}, 'dfbf.online.warm_steps: warm-starts DeepInversion batches; '
-             'GeneratorSynthesizer has no warm start'),
+            (True, dict(synthesizer=dict(type='DeepInversionSynthesizer')),
+             "dfbf.online: needs dfbf.synthesizer of type 'GeneratorSynthesizer' (its stream makes the "
+             "online batches), got 'DeepInversionSynthesizer'"),
+            (dict(warm_steps=3), {}, 'dfbf.online: unknown key'),
             (dict(interval=0), {}, 'dfbf.online.interval: must be an integer >= 1'),
             (dict(adv_weight=-1), {}, 'dfbf.online.adv_weight: must be'),
             (dict(every=2), {}, 'dfbf.online: unknown key')):
@@ -279,24 +227,19 @@ def test_online_run_grows_the_pool_checkpoints_its_key_and_resumes(tmp_path):
     assert osp.isfile(osp.join(work, 'export', 'pruned.pth'))
 
 
-@pytest.mark.parametrize('name, extra, generator', [
-    ('dfbf_yolox_coco.py', [], True),
+@pytest.mark.parametrize('name, extra', [
+    ('dfbf_yolox_coco.py', []),
     # a two-stage detector inverted whole (backbone + neck + RPN); its random boxes scored
-    ('dfbf_faster_rcnn_r50_coco.py', ['dfbf.synthetic_data.invert=model', 'model.test_cfg.rcnn.score_thr=0.0'], True),
-    # the shipped DeepInversion synthesizer making the rounds
-    ('dfbf_yolox_coco.py', [], False)])
-def test_online_at_the_real_architecture(name, extra, generator, tmp_path):
-    """A shipped detection config with online rounds (switched to the generator, or with its own
-    DeepInversion), as a user would (--cfg-options on the stock train tool): random teacher,
-    64 px, two epochs, one round."""
+    ('dfbf_faster_rcnn_r50_coco.py', ['dfbf.synthetic_data.invert=model', 'model.test_cfg.rcnn.score_thr=0.0'])])
+def test_online_at_the_real_architecture(name, extra, tmp_path):
+    """A shipped detection config with online rounds, switched to the generator as a user would
+    (--cfg-options on the stock train tool): random teacher, 64 px, two epochs, one round."""
     from test_shipped_configs import REPO, run, tiny_budget
     from tiny_val_sets import all_val_sets
     path = osp.join(REPO, 'configs', name)
     cfg = Config.fromfile(path)
-    switch = []
-    if generator:
-        cfg.dfbf.synthesizer = dict(type='GeneratorSynthesizer', preset='detection')
-        switch = ['dfbf.synthesizer.type=GeneratorSynthesizer', 'dfbf.synthesizer.preset=detection']
+    cfg.dfbf.synthesizer = dict(type='GeneratorSynthesizer', preset='detection')
+    switch = ['dfbf.synthesizer.type=GeneratorSynthesizer', 'dfbf.synthesizer.preset=detection']
     teacher = str(tmp_path / 'teacher.pth')
     torch.save({'state_dict': build_stock_model(cfg).state_dict()}, teacher)
     options = tiny_budget(cfg, teacher) + extra + switch + [
@@ -305,12 +248,6 @@ def test_online_at_the_real_architecture(name, extra, generator, tmp_path):
     work = tmp_path / 'work'
     out = run([osp.join(REPO, 'tools', 'train.py'), path, '--work-dir', str(work), '--cfg-options', *options],
               all_val_sets(str(tmp_path / 'val')), tmp_path / 'train.log')
-    if generator:  # offline: 1 + 1 refinement step; the round: 1 + 1 with a student pass each
-        assert 'online synthesis: round 0 (epoch 1): +1 batches, pool 4 images; 2.0 teacher and 1.0 student' in out
-    else:  # one step per phase, offline and online; a student pass per step online
-        found = re.search(r'online synthesis: round 0 \(epoch 1\): \+1 batches, pool 4 images; '
-                          r'([\d.]+) teacher and ([\d.]+) student', out)
-        assert found, out[-3000:]
-        teacher_passes, student_passes = map(float, found.groups())
-        assert student_passes == teacher_passes / 2 > 0  # the online half of the batches
+    # offline: 1 + 1 refinement step; the round: 1 + 1 with a student pass each
+    assert 'online synthesis: round 0 (epoch 1): +1 batches, pool 4 images; 2.0 teacher and 1.0 student' in out
     assert osp.isfile(work / 'online_images.png') and osp.isfile(work / 'export' / 'pruned.pth')

@@ -66,7 +66,7 @@ def train_dataloader(dfbf: dict, stock_loader, work_dir: str) -> dict:
             type='SyntheticImageDataset', num_images=data['num_images'],
             batch_size=data['batch_size'], image_size=data['image_size'],
             synthesizer=dfbf['synthesizer'], seed=data['seed'], num_classes=data['num_classes'],
-            chain_length=data['chain_length'], invert=data['invert'],
+            invert=data['invert'],
             cache_dir=data['cache_dir'] or osp.join(work_dir, 'synthetic_cache'))
     return dict(
         batch_size=train_batch,

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import os.path as osp
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -47,34 +47,17 @@ class BatchCache:
         return osp.join(self.dir, f'batch_{index:05d}.pt')
 
     def load(self, index: int, shape: Tuple[int, ...]) -> Optional[dict]:
-        """The stored record of batch ``index``, or None when absent, corrupt or mismatched.
-
-        A bad file is named in one warning line and deleted so it gets regenerated.
-        """
-        path = self.path(index)
-        if not osp.isfile(path):
-            return None
-        try:
-            record = torch.load(path, map_location='cpu', weights_only=True)
+        """The stored record of batch ``index``, or None when absent, corrupt or mismatched
+        (:func:`load_state`: named in one warning line and deleted, so it gets regenerated)."""
+        def images_problem(record):
             images = record['images']
-            problem = None
-            if record.get('key') != self.key or record.get('index') != index:
-                problem = f'it belongs to key {record.get("key")!r} batch {record.get("index")!r}'
-            elif not torch.is_tensor(images) or images.dtype != torch.float32 or tuple(images.shape) != tuple(shape):
-                problem = f'images are {getattr(images, "dtype", type(images))} {tuple(getattr(images, "shape", ()))}, expected float32 {tuple(shape)}'
-            elif not torch.isfinite(images).all():
-                problem = 'images hold non-finite values'
-        except Exception as e:  # truncated or foreign file
-            problem = f'unreadable: {type(e).__name__}'
-        if problem is None:
-            return record
-        print_log(f'synthetic_data: cache file {path} is invalid ({problem}); regenerating it',
-                  logger='current', level=30)
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        return None
+            if not torch.is_tensor(images) or images.dtype != torch.float32 or tuple(images.shape) != tuple(shape):
+                return f'images are {getattr(images, "dtype", type(images))} {tuple(getattr(images, "shape", ()))}, expected float32 {tuple(shape)}'
+            if not torch.isfinite(images).all():
+                return 'images hold non-finite values'
+            return None
+        return load_state(self.path(index), 'synthetic_data: cache file', 'regenerating it', images_problem,
+                          key=self.key, index=index)
 
     def save(self, index: int, images: torch.Tensor, **extra) -> None:
         """Write batch ``index`` atomically (:func:`atomic_save`)."""
@@ -89,3 +72,29 @@ def atomic_save(obj, path: str) -> None:
     tmp = f'{path}.tmp{os.getpid()}'
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_state(path: str, what: str, then: str, check: Optional[Callable[[dict], Optional[str]]] = None,
+               **expected) -> Optional[dict]:
+    """The dict saved at ``path``, or None when there is none. The one behaviour of every state
+    file of ours (cached batches, generator streams, the online pool's streams): a file that is
+    unreadable, holds other ``expected`` values (e.g. another cache key) or fails ``check``
+    (returns a problem, or None) is named in one warning line, ``<what> <path> is invalid
+    (<problem>); <then>``, and deleted, so it is made again."""
+    if not osp.isfile(path):
+        return None
+    try:
+        record = torch.load(path, map_location='cpu', weights_only=True)
+        wrong = {k: record.get(k) for k, v in expected.items() if record.get(k) != v}
+        problem = (f'it belongs to {" ".join(f"{k} {v!r}" for k, v in wrong.items())}' if wrong
+                   else check(record) if check is not None else None)
+    except Exception as e:  # truncated or foreign file
+        problem = f'unreadable: {type(e).__name__}'
+    if problem is None:
+        return record
+    print_log(f'{what} {path} is invalid ({problem}); {then}', logger='current', level=30)
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return None

@@ -4,13 +4,6 @@ No real image is read. ``prepare(teacher, task)`` fills an on-disk cache batch b
 (resumable, sharded over ranks); afterwards items are ``dict(inputs=Tensor[C, H, W])`` in the
 teacher's normalised input space, which MMEngine's ``pseudo_collate`` and ``DefaultSampler``
 handle like any other dataset.
-
-Chains (``chain_length`` G > 1): batches are grouped into chains of G consecutive batches; the
-first batch of a chain starts from noise with the synthesizer's full schedule, each later one
-starts from the previous batch's images (shuffled against new labels, rolled, see
-``DeepInversionSynthesizer.warm_init``) with its short ``warm_*`` schedule. That spends far
-fewer teacher passes per batch; chains are deterministic and a rank synthesises whole chains,
-so resuming and rank sharding still work.
 """
 import hashlib
 from typing import Dict, List, Optional, Tuple
@@ -50,7 +43,6 @@ class SyntheticImageDataset(Dataset):
         cache_dir: root of the cache; batches live in ``cache_dir/<key>/``.
         seed: base seed; batch b uses :func:`batch_seed` (seed, b).
         num_classes: classes for the balanced CE labels (default: the teacher head's).
-        chain_length: batches per warm-start chain (1: every batch starts from noise).
         invert: what is inverted for detection/pose: ``'auto'``/``'backbone'`` (the backbone's
             BN statistics) or ``'model'`` (the whole model's: neck and head too); see
             :func:`inversion_target`.
@@ -58,7 +50,7 @@ class SyntheticImageDataset(Dataset):
 
     def __init__(self, num_images: int, batch_size: int, image_size: Tuple[int, int],
                  synthesizer: dict, cache_dir: str, seed: int = 0, num_classes: Optional[int] = None,
-                 chain_length: int = 1, invert: str = 'auto'):
+                 invert: str = 'auto'):
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'num_images: must be a positive integer, got {num_images!r}')
         check_batch_shape(batch_size, image_size)
@@ -66,13 +58,10 @@ class SyntheticImageDataset(Dataset):
             raise ValueError('cache_dir: a directory for the synthetic batches is required')
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f'num_classes: must be a positive integer, got {num_classes!r}')
-        if not isinstance(chain_length, int) or chain_length < 1:
-            raise ValueError(f'chain_length: must be a positive integer, got {chain_length!r}')
         if invert not in INVERT:
             raise ValueError(f'invert: {invert!r} is not one of {", ".join(INVERT)}')
         self.invert = invert
         self.num_images = num_images
-        self.chain_length = chain_length
         # a full batch larger than the dataset would be synthesised and mostly thrown away
         self.batch_size = max(2, min(batch_size, num_images))
         if self.batch_size < batch_size:
@@ -103,15 +92,9 @@ class SyntheticImageDataset(Dataset):
         return self.num_images
 
     def prepare(self, teacher_model: nn.Module, task: str, rank: int = 0, world_size: int = 1,
-                progress: bool = True, student_model: Optional[nn.Module] = None) -> Dict[str, int]:
-        """Synthesise this rank's missing batches into the cache.
-
-        ``student_model`` (the pruned student, which SyntheticDataHook passes) is what the
-        Adaptive-DeepInversion competition term (``adi_weight > 0``) competes with; its
-        weights are then part of the cache key.
-
-        A rank owns whole chains: batch b belongs to chain ``b // chain_length``, which rank
-        ``chain % world_size`` synthesises (with chain_length 1: b % world_size == rank).
+                progress: bool = True) -> Dict[str, int]:
+        """Synthesise this rank's missing batches into the cache: batch b is rank
+        ``b % world_size``'s (a GeneratorSynthesizer lays out its own streams, ``fill_cache``).
 
         The caller synchronises ranks (barrier) before reading; returns counts of batches
         ``generated`` and ``reused`` by this rank.
@@ -123,23 +106,9 @@ class SyntheticImageDataset(Dataset):
             raise ValueError(f'rank: must satisfy 0 <= rank < world_size, got rank={rank!r}, '
                              f'world_size={world_size!r}')
         target = inversion_target(teacher_model, task, self.invert)
-        student = None
-        if getattr(self.synthesizer, 'settings', {}).get('adi_weight', 0) > 0:
-            if student_model is None:
-                raise ValueError('dfbf.synthesizer.adi_weight: > 0 competes with the student, '
-                                 'which prepare() was not given (student_model)')
-            student = inversion_target(student_model, task, self.invert)
         lo, hi = pixel_range(teacher_model)
         num_classes = self.num_classes or (num_classes_of(teacher_model) if task == 'classification' else None)
-        config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
-        key = cache_key(hash_state_dict(teacher_model.state_dict()), synthesizer=config, seed=self.seed,
-                        image_size=self.image_size, batch_size=self.batch_size, task=task,
-                        chain_length=self.chain_length,
-                        num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()],
-                        # absent unless set, so caches made before the option still hit
-                        **({} if self.invert == 'auto' else dict(invert=self.invert)),
-                        **({} if student is None else dict(student=hash_state_dict(student_model.state_dict()))))
-        self.cache = BatchCache(self.cache_dir, key)
+        self.cache = BatchCache(self.cache_dir, self._cache_key(teacher_model, task, num_classes, lo, hi))
         self.task, self.label_classes = task, num_classes  # the labels of batches added online
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}
@@ -147,38 +116,29 @@ class SyntheticImageDataset(Dataset):
             done = self.synthesizer.fill_cache(self, target, (lo, hi),
                                                lambda b: self._labels(b, task, num_classes),
                                                num_classes=num_classes, rank=rank, world_size=world_size, progress=progress)
-            self._log_passes()
-            return done
-        mine = [b for b in range(self.num_batches) if (b // self.chain_length) % world_size == rank]
-        todo = [b for b in mine if self.cache.load(b, self._shape) is None]
-        print_log(f'synthetic_data: {len(mine) - len(todo)} of {len(mine)} batches cached in '
-                  f'{self.cache.dir}; synthesising {len(todo)}', logger='current')
-        warm = None
-        if self.chain_length > 1:
-            if not hasattr(self.synthesizer, 'warm_synthesizer'):
-                raise ValueError(f'chain_length: {type(self.synthesizer).__name__} cannot warm-start '
-                                 'batches; use chain_length=1')
-            warm = self.synthesizer.warm_synthesizer()
-        previous = None  # images of batch b - 1, kept while b continues its chain
-        for b in tqdm(todo, desc='synthetic batches', disable=not progress or len(todo) < 2):
-            labels = self._labels(b, task, num_classes)
-            seed = batch_seed(self.seed, b)
-            if b % self.chain_length == 0:
-                images, stats = self.synthesizer.synthesize(
-                    target, self.batch_size, self.image_size, (lo, hi), seed, labels=labels,
-                    progress=progress, student=student)
-            else:
-                if previous is None or previous[0] != b - 1:  # resumed: b - 1 is in the cache
-                    previous = (b - 1, self._batch(b - 1))
-                images, stats = warm.synthesize(
-                    target, self.batch_size, self.image_size, (lo, hi), seed, labels=labels,
-                    progress=progress, init=self.synthesizer.warm_init(previous[1], seed),
-                    student=student)
-            self.cache.save(b, images, labels=labels, stats=stats)
-            previous = (b, images.cpu())
-        self._batches = {}
+        else:
+            mine = range(rank, self.num_batches, world_size)
+            todo = [b for b in mine if self.cache.load(b, self._shape) is None]
+            print_log(f'synthetic_data: {len(mine) - len(todo)} of {len(mine)} batches cached in '
+                      f'{self.cache.dir}; synthesising {len(todo)}', logger='current')
+            for b in tqdm(todo, desc='synthetic batches', disable=not progress or len(todo) < 2):
+                labels = self._labels(b, task, num_classes)
+                images, stats = self.synthesizer.synthesize(target, self.batch_size, self.image_size, (lo, hi),
+                                                            batch_seed(self.seed, b), labels=labels, progress=progress)
+                self.cache.save(b, images, labels=labels, stats=stats)
+            done = dict(generated=len(todo), reused=len(mine) - len(todo))
         self._log_passes()
-        return dict(generated=len(todo), reused=len(mine) - len(todo))
+        return done
+
+    def _cache_key(self, teacher_model, task, num_classes, lo, hi) -> str:
+        """Hash of the teacher's weights and everything that shapes the images."""
+        config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
+        return cache_key(hash_state_dict(teacher_model.state_dict()), synthesizer=config, seed=self.seed,
+                         image_size=self.image_size, batch_size=self.batch_size, task=task,
+                         chain_length=1,  # a retired setting at its one value: earlier caches still hit
+                         num_classes=num_classes, pixel_range=[lo.flatten().tolist(), hi.flatten().tolist()],
+                         # absent unless set, so caches made before the option still hit
+                         **({} if self.invert == 'auto' else dict(invert=self.invert)))
 
     def _labels(self, b: int, task: str, num_classes: Optional[int]) -> Optional[torch.Tensor]:
         """CE labels of batch ``b``: balanced over the whole dataset (consecutive batches
@@ -189,7 +149,7 @@ class SyntheticImageDataset(Dataset):
 
     def _log_passes(self) -> None:
         """``self.stats``: teacher / student forward+backward passes per synthesised image over
-        every cached batch (what the images cost, warm-ups and chain heads included), logged."""
+        every cached batch (what the images cost, a stream's longer first batch included), logged."""
         records = [self.cache.load(b, self._shape) for b in range(self.num_batches)]
         stats = [r.get('stats') or {} for r in records if r is not None]
         self.batch_stats = stats  # per cached batch; the online pool adds its rounds' to them

@@ -1,12 +1,11 @@
 """DeepInversion: optimise a batch of input pixels until the teacher's BN statistics match.
 
 Implements spec §2 (DeepInversion, Yin et al. CVPR 2020, as used by DFBF): BN-statistics
-matching on every BN-like layer, TV and l2 image priors, cross-entropy towards balanced
-labels for classifiers, an optional Adaptive-DeepInversion competition term against a
-student and, for one-stage detectors, an optional loss towards random target boxes (DIODE);
-random roll jitter and flips drawn from a seeded generator, one or two resolution phases,
-Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's own valid
-pixel range after every step.
+matching on every BN-like layer, TV and l2 image priors and cross-entropy towards balanced
+labels for classifiers (:func:`inversion_terms`, which the generator shares); random roll
+jitter and flips drawn from a seeded generator, a coarse, a half-resolution and a full-resolution
+phase, Adam with a constant or cosine (warm-up) learning rate, and a clamp to the model's own
+valid pixel range after every step.
 """
 import math
 import time
@@ -21,9 +20,8 @@ from ..device import autocast_for
 from ..registry import SYNTHESIZERS
 from ..utils import eval_mode, first_line
 from .bn_statistics import BNStatisticsLoss
-from .box_targets import BoxTargetLoss, check_count_and_size, move_boxes, sample_boxes
 from .inversion_target import check_image_size
-from .presets import NEUTRAL_SETTINGS, get_preset, with_overrides
+from .presets import NEUTRAL_SETTINGS, RETIRED_SETTINGS, get_preset, with_overrides
 from .priors import TV_NORMS, l2_prior, total_variation
 
 
@@ -36,28 +34,6 @@ def _lr_factor(iters: int, warmup: int, schedule: str):
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, iters - warmup)))
     return factor
-
-
-def _as_distribution_logits(out) -> torch.Tensor:
-    """(N, K) scores from a model output: logits as they are, feature maps pooled over space.
-
-    The competition term needs a class-like distribution; for a backbone we use the softmax
-    over channels of its last, globally averaged feature map.
-    """
-    if isinstance(out, (tuple, list)):
-        out = out[-1]
-    out = out.float()
-    return out.flatten(2).mean(2) if out.dim() > 2 else out
-
-
-def js_competition(teacher_out, student_out, temperature: float) -> torch.Tensor:
-    """Adaptive-DeepInversion term ``1 - JS(teacher, student)``: small when they disagree."""
-    p = F.softmax(_as_distribution_logits(student_out) / temperature, dim=1)
-    q = F.softmax(_as_distribution_logits(teacher_out) / temperature, dim=1)
-    m = (0.5 * (p + q)).clamp(0.01, 0.99)
-    p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
-    js = 0.5 * F.kl_div(p.log(), m, reduction='batchmean') + 0.5 * F.kl_div(q.log(), m, reduction='batchmean')
-    return 1.0 - js.clamp(0.0, 1.0)
 
 
 def frozen_eval(*modules: Optional[nn.Module]):
@@ -80,6 +56,19 @@ def class_term(out, labels: Optional[torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(out.float(), labels)
 
 
+def inversion_terms(s: dict, bn_loss, xj: torch.Tensor, out, labels) -> Dict[str, torch.Tensor]:
+    """The unweighted loss terms of one teacher forward on ``xj`` and their weighted sum ``loss``:
+    BN statistics (``bn_loss``, hooked on the teacher), total variation (``tv_norm``), l2 and,
+    for logits, CE; the weights are the settings ``s``' (both synthesizers)."""
+    terms = dict(bn=bn_loss.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
+    loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
+    if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
+        terms['ce'] = class_term(out, labels)
+        loss = loss + s['ce_weight'] * terms['ce']
+    terms['loss'] = loss
+    return terms
+
+
 def check_batch_shape(batch_size, image_size) -> None:
     """One-line errors for a batch DeepInversion cannot optimise."""
     if not isinstance(batch_size, int) or batch_size < 2:
@@ -88,6 +77,15 @@ def check_batch_shape(batch_size, image_size) -> None:
     if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
             or not all(isinstance(v, int) and v > 0 for v in image_size)):
         raise ValueError(f'image_size: must be (H, W) positive integers, got {image_size!r}')
+
+
+def check_pixel_range(pixel_range) -> Tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = pixel_range
+    if lo.dim() != 3 or lo.shape[1:] != (1, 1) or lo.shape != hi.shape:
+        raise ValueError(f'pixel_range: expected two (C, 1, 1) tensors, got shapes '
+                         f'{tuple(lo.shape)} and {tuple(hi.shape)}')
+    return lo, hi
+
 
 @SYNTHESIZERS.register_module()
 class DeepInversionSynthesizer:
@@ -110,7 +108,7 @@ class DeepInversionSynthesizer:
     @staticmethod
     def _validate(s: dict) -> None:
         for key in ('iterations', 'half_res_iterations', 'warmup_iters', 'jitter', 'half_res_jitter',
-                    'coarse_iterations', 'settle_iters', 'warm_settle_iters', 'warm_iterations', 'warm_warmup_iters', 'warm_shift'):
+                    'coarse_iterations', 'settle_iters'):
             if not isinstance(s[key], int) or s[key] < 0:
                 raise ValueError(f'{key}: must be a non-negative integer, got {s[key]!r}')
         if s['iterations'] + s['half_res_iterations'] + s['coarse_iterations'] == 0:
@@ -120,25 +118,15 @@ class DeepInversionSynthesizer:
             raise ValueError(f"compile: must be True or False, got {s['compile']!r}")
         if not isinstance(s['coarse_factor'], int) or s['coarse_factor'] < 1:
             raise ValueError(f'coarse_factor: must be a positive integer, got {s["coarse_factor"]!r}')
-        for key in ('lr', 'warm_lr'):
-            if s[key] is not None and not s[key] > 0:
-                raise ValueError(f'{key}: must be positive, got {s[key]!r}')
-        if s['lr'] is None:
-            raise ValueError('lr: must be positive, got None')
-        for key in ('init_std', 'warm_noise'):
-            if not s[key] >= 0:
-                raise ValueError(f'{key}: must be non-negative, got {s[key]!r}')
+        if s['lr'] is None or not s['lr'] > 0:
+            raise ValueError(f"lr: must be positive, got {s['lr']!r}")
+        if not s['init_std'] >= 0:
+            raise ValueError(f"init_std: must be non-negative, got {s['init_std']!r}")
         if s['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"lr_schedule: {s['lr_schedule']!r} is not 'constant' or 'cosine'")
         if s['tv_norm'] not in TV_NORMS:
             raise ValueError(f'tv_norm: {s["tv_norm"]!r} is not one of {", ".join(TV_NORMS)}')
         s['betas'] = tuple(float(b) for b in s['betas'])
-        if not s['box_weight'] >= 0:
-            raise ValueError(f'box_weight: must be non-negative, got {s["box_weight"]!r}')
-        check_count_and_size(s['boxes_per_image'], s['box_size'])
-        # tuples, so a config's lists give the same cache key as the defaults
-        s['boxes_per_image'] = tuple(s['boxes_per_image'])
-        s['box_size'] = tuple(float(v) for v in s['box_size'])
 
     @property
     def passes_per_batch(self) -> int:
@@ -146,68 +134,34 @@ class DeepInversionSynthesizer:
         s = self.settings
         return s['iterations'] + s['half_res_iterations'] + s['coarse_iterations']
 
-    @property
-    def warm_passes_per_batch(self) -> int:
-        """Teacher passes spent on one batch warm-started from an earlier batch (chains)."""
-        return self.warm_synthesizer().passes_per_batch
-
     def config(self) -> dict:
         """The fully resolved settings (what changes the images), for cache keys and logs.
 
         Settings added after the reference are left out while they hold their neutral value
-        (the reference's behaviour), so adding one does not invalidate existing caches.
+        (the reference's behaviour), so adding one does not invalidate existing caches; the
+        retired ones keep their one value there for the same reason.
         """
         settings = {k: v for k, v in self.settings.items()
                     if not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
-        return dict(type=type(self).__name__, **settings)
+        return dict(type=type(self).__name__, **RETIRED_SETTINGS, **settings)
 
-    def warm_synthesizer(self, iterations: Optional[int] = None) -> 'DeepInversionSynthesizer':
-        """The synthesizer for warm-started batches: the short ``warm_*`` schedule at full
-        resolution (no coarse or half-resolution phase: the start is already an image);
-        ``iterations`` replaces ``warm_iterations`` (the online rounds' ``warm_steps``)."""
-        s = self.settings
-        over = dict(iterations=iterations or s['warm_iterations'] or s['iterations'], half_res_iterations=0,
-                    coarse_iterations=0, lr=s['warm_lr'] or s['lr'],
-                    warmup_iters=s['warm_warmup_iters'], settle_iters=s['warm_settle_iters'])
-        warm = DeepInversionSynthesizer.__new__(DeepInversionSynthesizer)
-        warm.preset, warm.settings, warm._checked_sizes = self.preset, dict(s, **over), self._checked_sizes
-        warm._compiled = self._compiled
-        return warm
-
-    def warm_init(self, images: torch.Tensor, seed: int) -> torch.Tensor:
-        """A warm start from an earlier batch: its images in a random order (so each meets a new
-        CE label), rolled by up to ``warm_shift`` pixels, flipped when ``flip`` is on, plus
-        ``warm_noise`` Gaussian noise; fresh draws from ``seed``, deterministic on CPU."""
-        s = self.settings
-        g = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
-        x = images.detach().float().cpu()
-        x = x[torch.randperm(len(x), generator=g)]
-        shift = s['warm_shift']
-        dy, dx = torch.randint(-shift, shift + 1, (2,), generator=g).tolist()
-        flip = bool(torch.rand(1, generator=g).item() < 0.5)
-        noise = torch.randn(x.shape, generator=g)
-        if shift:
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        if s['flip'] and flip:
-            x = torch.flip(x, dims=(3,))
-        return x + s['warm_noise'] * noise if s['warm_noise'] else x
-
-    def _phases(self) -> Sequence[Tuple[str, int, int, int]]:
+    def _phases(self, from_image: bool = False) -> Sequence[Tuple[str, int, int, int]]:
         """(kind, factor, iterations, jitter) per phase, in order.
 
         ``coarse``: the pixels are a (H/f, W/f) image, bilinearly upsampled to full size before
         the network (few, smooth degrees of freedom: a fast start); ``pool``: the reference's
         half-resolution phase, the full-size image avg-pooled by 2 into the network; ``full``.
+        ``from_image``: the start is already an image (the generator's refinement): no coarse phase.
         """
         s = self.settings
         phases = []
-        if s['coarse_iterations']:
+        if s['coarse_iterations'] and not from_image:
             phases.append(('coarse', s['coarse_factor'], s['coarse_iterations'], s['jitter']))
         if s['half_res_iterations']:
             phases.append(('pool', 2, s['half_res_iterations'], s['half_res_jitter']))
         if s['iterations']:
             phases.append(('full', 1, s['iterations'], s['jitter']))
-        return phases
+        return phases or [('full', 1, s['coarse_iterations'], s['jitter'])]
 
     PHASE_NAMES = dict(coarse='coarse (coarse_iterations)',
                        pool='half-resolution (half_res_iterations)',
@@ -222,7 +176,6 @@ class DeepInversionSynthesizer:
     def synthesize(self, target: nn.Module, batch_size: int, image_size: Tuple[int, int],
                    pixel_range: Tuple[torch.Tensor, torch.Tensor], seed: int,
                    labels: Optional[torch.Tensor] = None, progress: bool = True,
-                   student: Optional[nn.Module] = None,
                    init: Optional[torch.Tensor] = None, adversary=None
                    ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Optimise one batch; returns ``(images (N, C, H, W) normalised, stats)``.
@@ -234,159 +187,117 @@ class DeepInversionSynthesizer:
             seed: seeds the initial noise and every jitter/flip draw (same seed, same images
                 on CPU).
             labels: CE targets for a logits target; default: balanced ``arange(N) % K``.
-            student: for the competition term (``adi_weight > 0``).
-            init: start from these images instead of noise (warm start; see :meth:`warm_init`
-                and :meth:`warm_synthesizer` for the chains of SyntheticImageDataset).
+            init: start from these images instead of noise (the generator's refinement).
             adversary: a :class:`FeatureAdversary` the caller has entered; ``weight * term`` is
                 subtracted from the loss (online synthesis against the current student).
         """
         s = self.settings
         check_batch_shape(batch_size, image_size)
-        lo, hi = pixel_range
-        if lo.dim() != 3 or lo.shape[1:] != (1, 1) or lo.shape != hi.shape:
-            raise ValueError(f'pixel_range: expected two (C, 1, 1) tensors, got shapes '
-                             f'{tuple(lo.shape)} and {tuple(hi.shape)}')
-        if s['adi_weight'] > 0 and student is None:
-            raise ValueError('student: adi_weight > 0 needs a student model to compete with')
-        h, w = image_size
-        channels = lo.shape[0]
-        bn_hooks = BNStatisticsLoss(target, s['first_bn_multiplier'])
+        lo, hi = check_pixel_range(pixel_range)
         device = next(target.parameters()).device
-        phases = self._phases()
-        if init is not None:  # a warm start is already an image: no coarse phase
-            phases = [p for p in phases if p[0] != 'coarse'] or [('full', 1, s['coarse_iterations'], s['jitter'])]
-        sizes = tuple((h, w) if kind == 'coarse' else (h // f, w // f) for kind, f, _, _ in phases)
-        if (id(target), sizes, str(device)) not in self._checked_sizes:
-            check_image_size(target, sizes, channels, device)
-            self._checked_sizes.add((id(target), sizes, str(device)))
-
+        phases = self._phases(from_image=init is not None)
+        self._check_sizes(target, image_size, phases, lo.shape[0], device)
         gen = torch.Generator().manual_seed(int(seed))
-        coarse = None
-        if init is not None:
-            if tuple(init.shape) != (batch_size, channels, h, w):
-                raise ValueError(f'init: expected shape {(batch_size, channels, h, w)}, got {tuple(init.shape)}')
-            x = init.detach().clone().float()
-        elif phases[0][0] == 'coarse':
-            f = phases[0][1]
-            coarse = torch.randn(batch_size, channels, -(-h // f), -(-w // f), generator=gen) * s['init_std']
-            x = None
-        else:
-            x = torch.randn(batch_size, channels, h, w, generator=gen) * s['init_std']
+        x = self._start(init, phases[0], batch_size, lo.shape[0], image_size, gen)
         lo, hi = lo.to(device), hi.to(device)
-        if x is not None:
-            x = x.to(device).requires_grad_(True)
         autocast = autocast_for(device, s['amp'])
         if labels is not None:
             labels = labels.to(device).long()
-        box_loss = boxes = None
-        if s['box_weight'] > 0:
-            box_loss = BoxTargetLoss(target)
-            boxes = sample_boxes(batch_size, (h, w), box_loss.num_classes, s['boxes_per_image'],
-                                 s['box_size'], seed)
-
-        def upsample(z):
-            return F.interpolate(z, size=(h, w), mode='bilinear', align_corners=False)
-
         forward_terms = self._forward_terms
         if s['compile'] and adversary is None:  # the adversary's taps are hooks of its own: eager
             if id(target) not in self._compiled:  # built once: not a new wrapper every batch
                 self._compiled[id(target)] = CompiledStep(target)
             forward_terms = self._compiled[id(target)]
-        last_kind = phases[-1][0]
+        bn_hooks = BNStatisticsLoss(target, s['first_bn_multiplier'])
         passes = student_passes = 0
         terms: Dict[str, torch.Tensor] = {}
         start = time.perf_counter()
-        bar = tqdm(total=sum(p[2] for p in phases), desc='DeepInversion', disable=not progress,
-                   dynamic_ncols=True, leave=False)
-        try:
-            with frozen_eval(target, student), bn_hooks:
-                for kind, factor, iters, jitter in phases:
-                    if kind == 'coarse':
-                        param = coarse.to(device).clamp_(lo, hi).requires_grad_(True)
-                    else:
-                        param = x
-                    optimizer = torch.optim.Adam([param], lr=s['lr'], betas=s['betas'])
-                    scheduler = torch.optim.lr_scheduler.LambdaLR(
-                        optimizer, _lr_factor(iters, s['warmup_iters'], s['lr_schedule']))
-                    for it in range(iters):
-                        if kind == 'coarse':
-                            xj = upsample(param)
-                        elif factor > 1:
-                            xj = F.avg_pool2d(param, factor)
-                        else:
-                            xj = param
-                        # Draws happen whatever the settings, so one seed gives one random stream.
-                        dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
-                        flip = bool(torch.rand(1, generator=gen).item() < 0.5)
-                        # The last settle_iters steps see the images as they will be used.
-                        settle = kind == last_kind and it >= iters - s['settle_iters']
-                        shifted, flipped = bool(jitter) and not settle, s['flip'] and flip and not settle
-                        if shifted:
-                            xj = torch.roll(xj, shifts=(dy, dx), dims=(2, 3))
-                        if flipped:
-                            xj = torch.flip(xj, dims=(3,))
-                        step_boxes = None if boxes is None else [
-                            (move_boxes(b, 1 / factor if kind == 'pool' else 1.0, dy * shifted, dx * shifted,
-                                        flipped, tuple(xj.shape[-2:])), l) for b, l in boxes]
-                        optimizer.zero_grad(set_to_none=True)
-                        bn_hooks.reset()
-                        with autocast():
-                            terms, out = forward_terms(self, target, bn_hooks, xj, labels)
-                            student_out = student(xj) if s['adi_weight'] > 0 else None
-                        if student_out is not None:  # Adaptive DeepInversion's competition term
-                            terms['adi'] = js_competition(out, student_out, s['adi_temperature'])
-                            terms['loss'] = terms['loss'] + s['adi_weight'] * terms['adi']
-                        if box_loss is not None:
-                            terms['box'] = box_loss(out, step_boxes, tuple(xj.shape[-2:]))
-                            terms['loss'] = terms['loss'] + s['box_weight'] * terms['box']
-                        if adversary is not None:
-                            terms['adv'] = adversary.term(xj)
-                            terms['loss'] = terms['loss'] - adversary.weight * terms['adv']
-                            student_passes += 1
-                        terms['loss'].backward()
-                        optimizer.step()
-                        scheduler.step()
-                        with torch.no_grad():
-                            param.clamp_(lo, hi)
-                        passes += 1
-                        student_passes += student_out is not None
-                        if progress and (it % 10 == 0 or it == iters - 1):
-                            bar.set_postfix({k: f'{v.item():.3g}' for k, v in terms.items()
-                                             if k != 'loss'}, refresh=False)
-                        bar.update(1)
-                    if kind == 'coarse':
-                        x = upsample(param.detach()).clamp_(lo, hi).requires_grad_(True)
-                with torch.no_grad():
+        with frozen_eval(target), bn_hooks, tqdm(total=sum(p[2] for p in phases), desc='DeepInversion',
+                                                  disable=not progress, dynamic_ncols=True, leave=False) as bar:
+            for kind, factor, iters, jitter in phases:
+                # the coarse phase optimises the small image; the others the full-size one
+                param = (x.to(device).clamp_(lo, hi) if kind == 'coarse' else x.to(device)).requires_grad_(True)
+                optimizer = torch.optim.Adam([param], lr=s['lr'], betas=s['betas'])
+                scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, _lr_factor(iters, s['warmup_iters'], s['lr_schedule']))
+                for it in range(iters):
+                    # the last settle_iters steps see the images as they will be used
+                    settle = kind == phases[-1][0] and it >= iters - s['settle_iters']
+                    xj = self._view(param, kind, factor, image_size, jitter, gen, settle)
+                    optimizer.zero_grad(set_to_none=True)
                     bn_hooks.reset()
-                    target(x)
-                    bn_eval = bn_hooks.loss().item()
-        finally:
-            bar.close()
+                    with autocast():
+                        terms, out = forward_terms(self, target, bn_hooks, xj, labels)
+                    if adversary is not None:
+                        terms['adv'] = adversary.term(xj)
+                        terms['loss'] = terms['loss'] - adversary.weight * terms['adv']
+                        student_passes += 1
+                    terms['loss'].backward()
+                    optimizer.step()
+                    scheduler.step()
+                    with torch.no_grad():
+                        param.clamp_(lo, hi)
+                    passes += 1
+                    if progress and (it % 10 == 0 or it == iters - 1):
+                        bar.set_postfix({k: f'{v.item():.3g}' for k, v in terms.items() if k != 'loss'},
+                                        refresh=False)
+                    bar.update(1)
+                x = _upsample(param.detach(), image_size).clamp_(lo, hi) if kind == 'coarse' else param
+            with torch.no_grad():
+                bn_hooks.reset()
+                target(x)
+                bn_eval = bn_hooks.loss().item()
         stats = {k: float(v.detach().item()) for k, v in terms.items()}
         stats.update(bn_eval=bn_eval, teacher_passes=passes, student_passes=student_passes,
                      seconds=time.perf_counter() - start)
         return x.detach(), stats
 
+    def _check_sizes(self, target, image_size, phases, channels, device) -> None:
+        """The network accepts every phase's input size (checked once per target and sizes)."""
+        h, w = image_size
+        sizes = tuple((h, w) if kind == 'coarse' else (h // f, w // f) for kind, f, _, _ in phases)
+        if (id(target), sizes, str(device)) not in self._checked_sizes:
+            check_image_size(target, sizes, channels, device)
+            self._checked_sizes.add((id(target), sizes, str(device)))
+
+    def _start(self, init, first_phase, batch_size, channels, image_size, gen) -> torch.Tensor:
+        """The starting pixels: ``init``, or N(0, init_std^2) noise (the coarse phase's size)."""
+        h, w = image_size
+        if init is not None:
+            if tuple(init.shape) != (batch_size, channels, h, w):
+                raise ValueError(f'init: expected shape {(batch_size, channels, h, w)}, got {tuple(init.shape)}')
+            return init.detach().clone().float()
+        kind, f = first_phase[:2]
+        size = (-(-h // f), -(-w // f)) if kind == 'coarse' else (h, w)
+        return torch.randn(batch_size, channels, *size, generator=gen) * self.settings['init_std']
+
+    def _view(self, param, kind, factor, image_size, jitter, gen, settle) -> torch.Tensor:
+        """What the network sees of ``param`` this step: upsampled (coarse) or pooled, rolled
+        by up to ``jitter`` pixels and flipped (``flip``), both off while settling."""
+        xj = _upsample(param, image_size) if kind == 'coarse' else (
+            F.avg_pool2d(param, factor) if factor > 1 else param)
+        # drawn whatever the settings, so one seed gives one random stream
+        dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+        flip = bool(torch.rand(1, generator=gen).item() < 0.5)
+        if jitter and not settle:
+            xj = torch.roll(xj, shifts=(dy, dx), dims=(2, 3))
+        if self.settings['flip'] and flip and not settle:
+            xj = torch.flip(xj, dims=(3,))
+        return xj
+
     @staticmethod
     def _forward_terms(synthesizer, target, bn_hooks, xj, labels):
-        """The teacher's forward on ``xj`` and the loss terms without a student:
-        ``(terms, out)``. What the setting ``compile`` compiles (:class:`CompiledStep`)."""
+        """The teacher's forward on ``xj`` and the loss terms: ``(terms, out)``. What the
+        setting ``compile`` compiles (:class:`CompiledStep`)."""
         out = target(xj)
-        return synthesizer._loss_terms(bn_hooks, xj, out, labels), out
-
-    def _loss_terms(self, bn_hooks, xj, out, labels) -> Dict[str, torch.Tensor]:
-        """The unweighted loss terms of the teacher's forward and their weighted sum ``loss``."""
-        s = self.settings
-        terms = dict(bn=bn_hooks.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
-        loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
-        if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
-            terms['ce'] = class_term(out, labels)
-            loss = loss + s['ce_weight'] * terms['ce']
-        terms['loss'] = loss
-        return terms
+        return inversion_terms(synthesizer.settings, bn_hooks, xj, out, labels), out
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(preset={self.preset!r}, passes_per_batch={self.passes_per_batch})'
+
+
+def _upsample(z: torch.Tensor, image_size) -> torch.Tensor:
+    return F.interpolate(z, size=tuple(image_size), mode='bilinear', align_corners=False)
 
 
 class CompiledStep:
@@ -417,4 +328,4 @@ class CompiledStep:
         return result
 
 
-__all__ = ['DeepInversionSynthesizer', 'CompiledStep', 'js_competition', 'frozen_eval']
+__all__ = ['DeepInversionSynthesizer', 'CompiledStep', 'inversion_terms', 'frozen_eval']

@@ -41,11 +41,11 @@ from tqdm import tqdm
 from ..device import autocast_for, cpu_seeded
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss, batch_statistics
-from .cache import atomic_save
-from .deepinversion import DeepInversionSynthesizer, check_batch_shape, class_term, frozen_eval, is_logits
+from .cache import atomic_save, load_state
+from .deepinversion import DeepInversionSynthesizer, check_batch_shape, frozen_eval, inversion_terms
 from .inversion_target import check_image_size
 from .presets import GENERATOR_SETTINGS_DOC, get_generator_preset, with_overrides
-from .priors import l2_prior, total_variation
+from .priors import TV_NORMS
 
 
 def num_upsamples(image_size: Sequence[int]) -> int:
@@ -166,8 +166,19 @@ class _Stream:
     def steps(self) -> int:
         return self.first_steps if self.done == 0 else self.settings['steps']
 
+    def save(self, path: str, key: str, **extra) -> None:
+        """Write the stream's state (and ``extra``) to ``path`` atomically, under cache ``key``."""
+        atomic_save(dict(self.state_dict(), key=key, **extra), path)
+
+    @staticmethod
+    def saved(path: str, key: str, what: str, **expected) -> Optional[dict]:
+        """The state :meth:`save` wrote to ``path`` under ``key`` (and ``expected``), or None; a
+        bad file is named, deleted and ignored (:func:`load_state`)."""
+        return load_state(path, what, 'the stream starts afresh',
+                          lambda state: None if 'generator' in state else 'no generator state', key=key, **expected)
+
     def batch(self, target: nn.Module, batch_size: int, pixel_range, seed: int,
-              labels: Optional[torch.Tensor], loss_terms: Callable, bar, adversary=None
+              labels: Optional[torch.Tensor], bar, adversary=None
               ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Adapt a copy of the meta generator to one batch; update the meta state; the images.
 
@@ -212,7 +223,7 @@ class _Stream:
                 bn.reset()
                 with autocast():
                     out = target(xj)
-                terms = loss_terms(bn, xj, out, labels)
+                terms = inversion_terms(s, bn, xj, out, labels)
                 if adversary is not None:  # new images where the student still differs
                     terms['adv'] = adversary.term(xj)
                     terms['loss'] = terms['loss'] - adversary.weight * terms['adv']
@@ -295,6 +306,8 @@ class GeneratorSynthesizer:
         for key in ('bn_weight', 'first_bn_multiplier', 'ce_weight', 'tv_weight', 'l2_weight'):
             if not (isinstance(s[key], (int, float)) and s[key] >= 0):
                 raise ValueError(f'{key}: must be a non-negative number, got {s[key]!r}')
+        if s['tv_norm'] not in TV_NORMS:
+            raise ValueError(f'tv_norm: {s["tv_norm"]!r} is not one of {", ".join(TV_NORMS)}')
         if not (isinstance(s['bn_momentum'], (int, float)) and 0 <= s['bn_momentum'] < 1):
             raise ValueError(f'bn_momentum: must be in [0, 1), got {s["bn_momentum"]!r}')
         if 0 < s['max_passes_per_image'] < s['steps'] + s['refine_steps']:
@@ -331,31 +344,18 @@ class GeneratorSynthesizer:
     def config(self) -> dict:
         """The fully resolved settings (what changes the images), for cache keys and logs.
 
-        Without refinement its settings are left out, so caches made before they existed hit."""
+        Without refinement its settings are left out, and so is ``tv_norm`` at its first value
+        'l2', so caches made before they existed hit."""
         settings = dict(self.settings)
         if not settings['refine_steps']:
             del settings['refine_steps'], settings['refine_lr']
+        if settings['tv_norm'] == 'l2':
+            del settings['tv_norm']
         return dict(type=type(self).__name__, **settings)
 
     def network_inputs(self) -> Sequence[Tuple[str, int]]:
         """``(phase name, factor)``: the teacher sees the generator's full-size output."""
         return [('generator (steps)', 1)]
-
-    def _loss_terms(self, bn, xj, out, labels) -> Dict[str, torch.Tensor]:
-        s = self.settings
-        terms = dict(bn=bn.loss())
-        loss = s['bn_weight'] * terms['bn']
-        if s['tv_weight']:
-            terms['tv'] = total_variation(xj, 'l2')
-            loss = loss + s['tv_weight'] * terms['tv']
-        if s['l2_weight']:
-            terms['l2'] = l2_prior(xj)
-            loss = loss + s['l2_weight'] * terms['l2']
-        if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
-            terms['ce'] = class_term(out, labels)
-            loss = loss + s['ce_weight'] * terms['ce']
-        terms['loss'] = loss
-        return terms
 
     def synthesize(self, target: nn.Module, batch_size: int, image_size: Tuple[int, int],
                    pixel_range: Tuple[torch.Tensor, torch.Tensor], seed: int,
@@ -370,29 +370,16 @@ class GeneratorSynthesizer:
         k = (int(labels.max()) + 1) if labels is not None else 0
         stream = _Stream(self, seed, image_size, lo.shape[0], device, k)
         with tqdm(total=stream.steps() + self.settings['refine_steps'], desc='generator', disable=not progress, leave=False) as bar:
-            return stream.batch(target, batch_size, pixel_range, seed, labels, self._loss_terms, bar)
+            return stream.batch(target, batch_size, pixel_range, seed, labels, bar)
 
     # ------------------------------------------------------------------ the dataset's cache
     def _state_path(self, cache, stream: int) -> str:
         return osp.join(cache.dir, f'generator_stream_{stream:04d}.pt')
 
-    def _load_state(self, cache, stream: int) -> Optional[dict]:
-        path = self._state_path(cache, stream)
-        if not osp.isfile(path):
-            return None
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-            if state.get('key') == cache.key and state.get('stream') == stream:
-                return state
-            problem = f'it belongs to key {state.get("key")!r} stream {state.get("stream")!r}'
-        except Exception as e:  # truncated or foreign file
-            problem = f'unreadable: {type(e).__name__}'
-        print_log(f'synthetic_data: generator state {path} is invalid ({problem}); the stream '
-                  'restarts from its first batch', logger='current', level=30)
-        return None
-
-    def _save_state(self, cache, stream: int, state: dict) -> None:
-        atomic_save(dict(state, key=cache.key, stream=stream), self._state_path(cache, stream))
+    def offline_state(self, cache, stream: int, **expected) -> Optional[dict]:
+        """The saved state of stream ``stream`` of ``cache``, or None (:meth:`_Stream.saved`)."""
+        return _Stream.saved(self._state_path(cache, stream), cache.key, 'synthetic_data: generator state',
+                             stream=stream, **expected)
 
     def fill_cache(self, dataset, target: nn.Module, pixel_range, labels_of: Callable[[int], Optional[torch.Tensor]],
                    num_classes: Optional[int] = None, rank: int = 0, world_size: int = 1, progress: bool = True) -> Dict[str, int]:
@@ -409,9 +396,6 @@ class GeneratorSynthesizer:
         another number of ranks lays its streams out anew (the images of a stream depend on the
         batches before it in that stream).
         """
-        if dataset.chain_length != 1:
-            raise ValueError(f'chain_length: GeneratorSynthesizer makes streams of batches itself '
-                             f'(stream_batches); use chain_length=1, got {dataset.chain_length}')
         cache, shape, nb = dataset.cache, dataset._shape, dataset.num_batches
         per = self.settings['stream_batches'] or -(-nb // world_size)
         streams = [(k, range(s0, min(s0 + per, nb))) for k, s0 in enumerate(range(0, nb, per))]
@@ -432,7 +416,7 @@ class GeneratorSynthesizer:
                 continue
             stream = _Stream(self, _stream_seed(dataset.seed, k), shape[2:], channels, device,
                              num_classes if labels_of(r.start) is not None else 0, len(r))
-            state = self._load_state(cache, k)
+            state = self.offline_state(cache, k)
             if state is not None and state.get('batches', [r.start, r.stop]) != [r.start, r.stop]:
                 print_log(f'synthetic_data: generator stream {k} was of batches {state["batches"]}, '
                           f'now {[r.start, r.stop]} (another stream_batches or number of ranks); it '
@@ -450,10 +434,10 @@ class GeneratorSynthesizer:
                 for b in r:
                     labels = labels_of(b)
                     images, stats = stream.batch(target, dataset.batch_size, pixel_range,
-                                                 _batch_seed(dataset.seed, b), labels, self._loss_terms, bar)
+                                                 _batch_seed(dataset.seed, b), labels, bar)
                     if b in missing:
                         cache.save(b, images, labels=labels, stats=stats)
-                    self._save_state(cache, k, dict(stream.state_dict(), batches=own))
+                    stream.save(self._state_path(cache, k), cache.key, stream=k, batches=own)
         finally:
             bar.close()
         return dict(generated=len(missing), reused=len(batches) - len(missing))

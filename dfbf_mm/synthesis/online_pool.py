@@ -2,11 +2,10 @@
 
 Offline, the cache is filled once before training. Online (``dfbf.online``), every
 ``interval`` epochs from epoch ``begin`` a *round* adds ``batches`` new batches against the
-*current* student, made by the offline synthesizer: the same meta generator (it continues the
-offline stream's state), or DeepInversion from noise with its own settings (each batch its seed)
-or, with ``warm_steps``, from a random earlier batch of the pool in that many steps of its
-``warm_*`` schedule: the feature-distance adversarial term (``adversary.py``) pushes the new
-images to where the student still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
+*current* student, made by the offline ``GeneratorSynthesizer``: the same meta generator (it
+continues the offline stream's state, the one warm start across batches there is), and the
+feature-distance adversarial term (``adversary.py``) pushes the new images to where the student
+still mimics the teacher worst. Every epoch then trains on ``num_images`` images of
 the whole pool, the newest round's all included (``SyntheticImageDataset.resample``): the
 same iterations per epoch as offline, so budgets compare.
 
@@ -15,11 +14,11 @@ Where things live, and why it resumes:
   offline cache key, the online settings and the student at the start of the run. The
   student changes every epoch, so this pool belongs to one run: the hook stores the key in
   every checkpoint and ``--resume`` reopens the same pool.
-* each rank's stream: ``stream_rank<r>.pt``, written after every batch with the round, how
-  many of the rank's batches of it are made and the generator's state (DeepInversion has
-  none). A resumed run continues the stream (a killed round loses at most the batch in
-  progress); a stream ahead of the checkpoint (resumed from an older one) restarts from the
-  offline state, with a warning.
+* each rank's stream: ``stream_rank<r>.pt``, written after every batch (``_Stream.save``, as
+  the offline streams) with the round and how many of the rank's batches of it are made. A
+  resumed run continues the stream (a killed round loses at most the batch in progress); a
+  stream ahead of the checkpoint (resumed from an older one) restarts from the offline state,
+  with a warning.
 * DDP: rank r makes the round's batches j with ``j % world_size == r``; after a barrier
   (the hook's) every rank reads all of them.
 """
@@ -31,9 +30,8 @@ import torch
 from mmengine.logging import print_log
 from tqdm import tqdm
 
-from .cache import BatchCache, atomic_save, cache_key
+from .cache import BatchCache, cache_key
 from .dataset import SyntheticImageDataset, batch_seed
-from .deepinversion import DeepInversionSynthesizer
 from .generator import GeneratorSynthesizer, _Stream
 
 # batch seeds of online batches: far from the offline (b >= 0) and stream (< 0) ones
@@ -44,25 +42,18 @@ class OnlinePool:
     """The rounds of online synthesis of one run (see the module docstring).
 
     Args:
-        dataset: the prepared ``SyntheticImageDataset`` (its synthesizer a GeneratorSynthesizer
-            or a DeepInversionSynthesizer).
+        dataset: the prepared ``SyntheticImageDataset`` (its synthesizer a GeneratorSynthesizer).
         interval: epochs between rounds. batches: batches per round (all ranks together).
         begin: the epoch (0-based) of the first round. epochs: the run's epochs.
-        warm_steps: DeepInversion only: 0, each batch from noise; else from a random earlier batch
-            of the pool (``warm_init``) in this many steps of the synthesizer's ``warm_*`` schedule.
     """
 
     def __init__(self, dataset: SyntheticImageDataset, interval: int, batches: int, begin: int,
-                 epochs: int, warm_steps: int = 0):
-        if not isinstance(dataset.synthesizer, (GeneratorSynthesizer, DeepInversionSynthesizer)):
-            raise ValueError(f'dfbf.online: needs a GeneratorSynthesizer or DeepInversionSynthesizer, '
-                             f'got {type(dataset.synthesizer).__name__}')
-        if warm_steps and not isinstance(dataset.synthesizer, DeepInversionSynthesizer):
-            raise ValueError('dfbf.online.warm_steps: warm-starts DeepInversion batches; the generator '
-                             'has no warm start (set warm_steps=0)')
+                 epochs: int):
+        if not isinstance(dataset.synthesizer, GeneratorSynthesizer):
+            raise ValueError(f"dfbf.synthesizer: dfbf.online needs type 'GeneratorSynthesizer' (its "
+                             f'stream makes the online batches), got {type(dataset.synthesizer).__name__}')
         if dataset.cache is None:
             raise RuntimeError('dfbf.online: the synthetic dataset must be prepared first')
-        self.warm_steps = int(warm_steps)
         self.dataset, self.interval, self.batches = dataset, interval, batches
         self.begin, self.epochs = begin, epochs
         self.cache: Optional[BatchCache] = None
@@ -102,25 +93,20 @@ class OnlinePool:
         d = self.dataset
         rounds = self.rounds_before(self.epochs)
         mine = len(range(rank, self.batches, world_size))
-        self.stream = None  # DeepInversion: every batch from noise, nothing carried between batches
-        if isinstance(d.synthesizer, GeneratorSynthesizer):
-            self.stream = _Stream(d.synthesizer, batch_seed(d.seed, _ONLINE_SEED_BASE - rank), d._shape[2:],
-                                  d._shape[1], device,
-                                  (d.label_classes or 0) if d.task == 'classification' else 0,
-                                  max(1, rounds * mine))
+        self.stream = _Stream(d.synthesizer, batch_seed(d.seed, _ONLINE_SEED_BASE - rank), d._shape[2:],
+                              d._shape[1], device, (d.label_classes or 0) if d.task == 'classification' else 0,
+                              max(1, rounds * mine))
         done = self.rounds_before(epoch)
-        state = self._load_stream(rank) if resumed else None
-        ok = state is not None and (state['round'] == done or (state['round'] == done - 1 and state['made'] >= mine))
-        if ok:
-            if self.stream is not None:
-                self.stream.load_state_dict(state['stream'])
+        state = _Stream.saved(self._state_path(rank), self.cache.key, 'dfbf.online: stream state') if resumed else None
+        if state is not None and (state['round'] == done or (state['round'] == done - 1 and state['made'] >= mine)):
+            self.stream.load_state_dict(state)
             self.state = dict(round=state['round'], made=state['made'])
         else:
-            if resumed and done and self.stream is not None:
+            if resumed and done:
                 print_log(f'dfbf.online: no generator stream state of round {done - 1} in {self.cache.dir} '
                           '(resumed from an older checkpoint, or it was removed); the stream restarts '
                           'from the offline generator', logger='current', level=30)
-            offline = None if self.stream is None else d.synthesizer._load_state(d.cache, 0)
+            offline = d.synthesizer.offline_state(d.cache, 0)
             if offline is not None:  # continue the meta generator learnt offline
                 self.stream.load_state_dict(offline)
             self.state = dict(round=-1, made=0)
@@ -130,25 +116,6 @@ class OnlinePool:
         if lost:  # made before the checkpoint and since removed: the pool goes on without them
             print_log(f'dfbf.online: {lost} batches of rounds before epoch {epoch} are missing from '
                       f'{self.cache.dir}; continuing with the {len(d.pool)} found', logger='current', level=30)
-
-    def _load_stream(self, rank: int) -> Optional[dict]:
-        path = self._state_path(rank)
-        if not osp.isfile(path):
-            return None
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-            if state.get('key') == self.cache.key:
-                return state
-            problem = f'it belongs to key {state.get("key")!r}'
-        except Exception as e:  # truncated or foreign file
-            problem = f'unreadable: {type(e).__name__}'
-        print_log(f'dfbf.online: stream state {path} is invalid ({problem}); ignoring it',
-                  logger='current', level=30)
-        return None
-
-    def _save_stream(self) -> None:
-        stream = None if self.stream is None else self.stream.state_dict()
-        atomic_save(dict(key=self.cache.key, stream=stream, **self.state), self._state_path(self.rank))
 
     # ------------------------------------------------------------------ a round
     def make_round(self, rnd: int, target, pixel_range, adversary=None, progress: bool = True) -> Dict[str, int]:
@@ -160,12 +127,8 @@ class OnlinePool:
         todo = [j for i, j in enumerate(mine)
                 if i >= kept or self.cache.load(self.index(rnd, j), d._shape) is None]
         s = synth.settings
-        maker = synth.warm_synthesizer(self.warm_steps) if self.warm_steps else synth
-        if self.stream is None:
-            total = maker.passes_per_batch * len(todo)
-        else:
-            total = sum(self.stream.steps() if i == 0 else s['steps'] for i in range(len(todo))) \
-                + s['refine_steps'] * len(todo)
+        total = sum(self.stream.steps() if i == 0 else s['steps'] for i in range(len(todo))) \
+            + s['refine_steps'] * len(todo)
         bar = tqdm(total=total, desc=f'online synthesis, round {rnd}', disable=not progress or not todo,
                    dynamic_ncols=True, leave=False)
         try:
@@ -173,30 +136,15 @@ class OnlinePool:
                 g = self.index(rnd, j)
                 labels = d._labels(d.num_batches + g, d.task, d.label_classes)
                 seed = batch_seed(d.seed, _ONLINE_SEED_BASE - 1 - g)
-                if self.stream is None:
-                    init = synth.warm_init(self._warm_source(seed), seed) if self.warm_steps else None
-                    images, stats = maker.synthesize(target, d.batch_size, d.image_size, pixel_range, seed,
-                                                     labels=labels, progress=False, adversary=adversary,
-                                                     init=init)
-                    bar.update(stats['teacher_passes'])
-                else:
-                    images, stats = self.stream.batch(target, d.batch_size, pixel_range, seed,
-                                                      labels, synth._loss_terms, bar, adversary=adversary)
+                images, stats = self.stream.batch(target, d.batch_size, pixel_range, seed, labels, bar,
+                                                  adversary=adversary)
                 self.cache.save(g, images, labels=labels, stats=stats)
                 self.state = dict(round=rnd, made=mine.index(j) + 1)
-                self._save_stream()
+                self.stream.save(self._state_path(self.rank), self.cache.key, **self.state)
         finally:
             bar.close()
         self.state = dict(round=rnd, made=len(mine))
         return dict(generated=len(todo), reused=len(mine) - len(todo))
-
-    def _warm_source(self, seed: int) -> torch.Tensor:
-        """A random batch of the pool so far (offline batches and earlier rounds), drawn from
-        ``seed``: a resumed round, which sees the same pool, draws the same."""
-        d = self.dataset
-        g = torch.Generator().manual_seed(int(seed) ^ 0xB47C4)
-        i = int(torch.randint(d.num_batches + len(d.pool), (1,), generator=g))
-        return d._batch(i) if i < d.num_batches else d.pool[i - d.num_batches]
 
     def load_round(self, rnd: int, required: bool = True) -> List[torch.Tensor]:
         """Append round ``rnd``'s batches (every rank's) to ``dataset.pool``; a missing one

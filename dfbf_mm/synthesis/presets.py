@@ -3,8 +3,8 @@
 ``classification`` and ``detection``/``pose`` are the reference's settings (spec §2).
 ``fast`` spends 1/10 of the classification reference's passes (200 per batch): lr 0.25, and
 the roll jitter only in the first 100 steps, so the images settle on the BN statistics as they
-are used; ``fast_chain`` adds warm-start chains for ``SyntheticImageDataset(chain_length=G)``.
-Measured against the reference by tools/benchmarks/synthesis_speed.py (docs/synthesis_speed.md).
+are used. Measured against the reference by tools/benchmarks/synthesis_speed.py
+(docs/synthesis_speed.md).
 """
 import copy
 
@@ -20,13 +20,13 @@ SETTINGS_DOC = {
     'half_res_jitter': 'max random roll in pixels in the half-resolution phase',
     'flip': 'random horizontal flip',
     'bn_weight': 'lambda_BN',
-    'first_bn_multiplier': 'extra factor on the first BN layer term',
+    'first_bn_multiplier': "extra factor on the first BN layer's term (the DeepInversion reference "
+                           "code's setting: 10 in the detection/pose presets; on the digits detector "
+                           '10 is level with 1, docs/synthesis_methods.md)',
     'tv_weight': 'lambda_TV',
     'tv_norm': "'l2' (reference) or 'l1' total variation",
     'l2_weight': 'lambda_l2',
     'ce_weight': 'lambda_CE (classifiers only; balanced target labels)',
-    'adi_weight': 'Adaptive-DeepInversion competition weight (against the pruned student, which the runner passes)',
-    'adi_temperature': 'softmax temperature of the competition term',
     'amp': 'bf16 autocast where the device runs it natively (CUDA compute capability >= 8.0), else fp32',
     'compile': "torch.compile the teacher's forward and the loss terms of a step, compiled once per "
                'teacher and image size (a one-off compile, then 1.5-1.6x the steps per second of the '
@@ -37,37 +37,26 @@ SETTINGS_DOC = {
     'coarse_iterations': 'Adam steps first on a (H/coarse_factor)-sized image, bilinearly '
                          'upsampled into the network (0: none)',
     'coarse_factor': 'down-sampling factor of the coarse phase',
-    'warm_iterations': 'Adam steps of a warm-started batch (chains; 0: same as iterations)',
-    'warm_lr': 'Adam lr of a warm-started batch (None: lr)',
-    'warm_warmup_iters': 'linear lr warm-up steps of a warm-started batch',
-    'warm_shift': 'max random roll (pixels) of the earlier images a warm start begins from',
-    'warm_noise': 'std of Gaussian noise added to a warm start',
     'settle_iters': 'last steps of the last phase without jitter and flip (the images as used)',
-    'warm_settle_iters': 'settle_iters of a warm-started batch',
-    'box_weight': "weight of the detector's own loss towards random target boxes (DIODE; "
-                  "one-stage mmdet detectors with invert='model'; 0: none; on the digits "
-                  "detector 10 cost 1.2 mAP at 0.5, docs/synthesis_methods.md)",
-    'boxes_per_image': '(min, max) random target boxes per image',
-    'box_size': '(min, max) side of a target box, a fraction of the image side',
 }
 
 # Settings that are new since the reference, with values that leave its behaviour unchanged.
-NEUTRAL_SETTINGS = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, warm_iterations=0,
-                warm_lr=None, warm_warmup_iters=0, warm_shift=4, warm_noise=0.0,
-                settle_iters=0, warm_settle_iters=0, box_weight=0.0, boxes_per_image=(1, 4),
-                box_size=(0.1, 0.5), compile=False)
+NEUTRAL_SETTINGS = dict(init_std=1.0, coarse_iterations=0, coarse_factor=4, settle_iters=0, compile=False)
+# Settings of earlier versions at the one value they had in every cache made: still part of the
+# cache key (``DeepInversionSynthesizer.config``), so those caches keep hitting.
+RETIRED_SETTINGS = dict(adi_weight=0.0, adi_temperature=3.0)
 
 _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',
     warmup_iters=100, jitter=2, half_res_jitter=1, flip=False, bn_weight=10.0,
     first_bn_multiplier=1.0, tv_weight=1e-3, tv_norm='l2', l2_weight=0.0, ce_weight=1.0,
-    adi_weight=0.0, adi_temperature=3.0, amp=True, **NEUTRAL_SETTINGS)
+    amp=True, **NEUTRAL_SETTINGS)
 
 _DETECTION = dict(
     iterations=1000, half_res_iterations=2000, lr=0.25, betas=(0.5, 0.9), lr_schedule='constant',
     warmup_iters=0, jitter=30, half_res_jitter=15, flip=True, bn_weight=0.01,
     first_bn_multiplier=10.0, tv_weight=1e-4, tv_norm='l2', l2_weight=1e-5, ce_weight=0.0,
-    adi_weight=0.0, adi_temperature=3.0, amp=True, **NEUTRAL_SETTINGS)
+    amp=True, **NEUTRAL_SETTINGS)
 
 _FAST = dict(_CLASSIFICATION, iterations=200, lr=0.25, warmup_iters=10, settle_iters=100)
 
@@ -78,9 +67,6 @@ PRESETS = {
     # 1/10 of the classification reference's 2000 passes; jitter only in the first half, so the
     # images settle on the statistics as they will be used (docs/synthesis_speed.md).
     'fast': _FAST,
-    # SyntheticImageDataset(chain_length > 1): 'fast' for a chain's first batch, then 100 steps
-    # from the previous batch (the last 50 without jitter).
-    'fast_chain': dict(_FAST, warm_iterations=100, warm_warmup_iters=5, warm_settle_iters=50),
 }
 
 
@@ -113,9 +99,10 @@ GENERATOR_SETTINGS_DOC = {
     'reset_latent_layer': "re-initialise the generator's first (linear) layer for every batch",
     'bn_momentum': 'momentum of the BN statistics targets across batches (0: each batch alone)',
     'bn_weight': 'lambda_BN',
-    'first_bn_multiplier': 'extra factor on the first BN layer term',
+    'first_bn_multiplier': "extra factor on the first BN layer's term",
     'ce_weight': 'lambda_CE (classifiers only; balanced target labels)',
-    'tv_weight': 'lambda_TV (l2 total variation of the images)',
+    'tv_weight': 'lambda_TV',
+    'tv_norm': "'l2' or 'l1' total variation (as DeepInversion's)",
     'l2_weight': 'lambda_l2',
     'jitter': 'max random roll in pixels before the teacher',
     'flip': 'random horizontal flip before the teacher',
@@ -131,7 +118,7 @@ _GEN_CLASSIFICATION = dict(
     lr_z=0.015, betas=(0.5, 0.999), meta='fomaml', meta_lr=None, reset_latent_layer=False,
     conditional=True,
     bn_momentum=0.9, bn_weight=10.0, first_bn_multiplier=1.0, ce_weight=2.0, tv_weight=0.0,
-    l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True, refine_steps=0, refine_lr=0.05)
+    tv_norm='l2', l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True, refine_steps=0, refine_lr=0.05)
 # pose: no logits; a 16-wide generator (the 64-wide one cost 5x the digits teacher per step at
 # 128 px), Reptile steps all the way to the adapted weights, lighter BN momentum, and a longer
 # first batch (90 + 7 x 10 = 20 passes per image over a stream of 8 batches).

@@ -24,16 +24,10 @@ student, fine-tuned with the DFBF feature loss under tools/benchmarks/run.py's f
   epochs against the current student, with / without the adversarial feature-distance term);
   its teacher / student passes per image and synthesis time are the whole run's (offline
   batches + every round), the fine-tuning iterations the same as ``gen``'s;
-* ``online_di`` / ``online_di_noadv``: the same with DeepInversion: ``di_x4``'s images start
-  the pool, each round adds DeepInversion batches (``di_x4``'s settings) made against the
-  current student (with / without the adversarial term); ``online_di_eq`` / ``online_di_q``: the first
-  half / quarter of ``di_x4``'s images start it and the rounds make up the rest (``--online``
-  sized for it), so the whole run spends ``di_x4``'s (and DeepInversion ``fast``'s) teacher passes;
 * ``real``: the real train split (upper bound), same iterations;
 * ``<method>+mix``: the same images fine-tuned on random augmented views with CutMix between
-  them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md); ``<method>+neck`` /
-  ``<method>+head``: the frozen stock neck's outputs (and the head's) matched too
-  (``dfbf.distill.neck_weight`` / ``head_weight`` = 1).
+  them (``dfbf.views`` of run.py's ``dfbf+mix``; docs/augmented_views.md); ``<method>+neck``:
+  the frozen stock neck's outputs matched too (``dfbf.distill.neck_weight=1``).
 
 Synthesis runs once per (task, method) and is timed in this process; teacher passes per image
 come from the cached batches (``SyntheticImageDataset.stats``: whole run, a stream's warm-up
@@ -55,20 +49,15 @@ from tools.benchmarks import run as bench
 
 GENERATOR_PRESET = {'cls': 'classification', 'det': 'detection', 'pose': 'pose'}
 BASE_METHODS = ('di', 'di_x2', 'di_x4', 'di_x8', 'di_x4c', 'gen', 'gen_wall', 'gen_norefine', 'gen_norefine_wall',
-                'online', 'online_noadv', 'online_di', 'online_di_noadv', 'online_di_eq', 'online_di_q', 'real')
+                'online', 'online_noadv', 'real')
 # online rows: their offline start is gen's images (the same cache)
-ONLINE_START = {'online': 'gen', 'online_noadv': 'gen', 'online_di': 'di_x4', 'online_di_noadv': 'di_x4',
-                'online_di_eq': 'di_x4', 'online_di_q': 'di_x4'}
-# online rows that start from the first part of their start's batches (the rest left to the rounds)
-START_FRACTION = {'online_di_eq': 0.5, 'online_di_q': 0.25}
+ONLINE_START = {'online': 'gen', 'online_noadv': 'gen'}
 # the generator as it was before per-pixel refinement (the first detection preset)
 NO_REFINE = dict(refine_steps=0, steps=10)
 STEP_KEYS = ('iterations', 'half_res_iterations', 'coarse_iterations', 'settle_iters')
-# suffixes: run.py's fine-tuning variants on the same images (dfbf+mix, dfbf+head, ...)
-SUFFIXES = {'+mix': 'views + CutMix', '+head': 'neck + head loss', '+neck': 'neck loss',
-            '+head+mix': 'neck + head loss, views + CutMix'}
-METHODS = BASE_METHODS + tuple(m + sfx for sfx in SUFFIXES for m in BASE_METHODS
-                               if not (m == 'real' and sfx == '+head+mix'))
+# suffixes: run.py's fine-tuning variants on the same images (dfbf+mix, dfbf+neck)
+SUFFIXES = {'+mix': 'views + CutMix', '+neck': 'neck loss'}
+METHODS = BASE_METHODS + tuple(m + sfx for sfx in SUFFIXES for m in BASE_METHODS)
 
 
 def base_method(method):
@@ -88,8 +77,8 @@ def parse_args(argv=None):
                         'use its own --out, results are keyed without it')
     p.add_argument('--generator', default='{}', help='JSON overrides of every task\'s generator preset')
     p.add_argument('--deepinversion', default='{}',
-                   help="JSON overrides of every task's DeepInversion synthesizer (di, di_x*, the online_di "
-                        'rows\' start and rounds), e.g. {"box_weight": 10}; use its own --out')
+                   help="JSON overrides of every task's DeepInversion synthesizer (di, di_x*), "
+                        'e.g. {"first_bn_multiplier": 10}; use its own --out')
     p.add_argument('--synthesis-seed', type=int, default=None,
                    help="synthetic_data.seed of every synthesis (default: the task config's); the images "
                         'of another seed are another draw of the same method; use its own --out')
@@ -208,9 +197,6 @@ def finetune(task, method, sparsity, seed, args, results, log):
     set_synthesis_batch(cfg, args, ONLINE_START.get(base_method(method), base_method(method)))
     if base_method(method) != 'real':
         synth = results[f'{task}|synthesis|{ONLINE_START.get(base_method(method), base_method(method))}']
-        part = START_FRACTION.get(base_method(method))
-        if part:  # the first batches of the start's cache: its wall time in proportion
-            synth = dict(synth, num_images=int(synth['num_images'] * part), wall_s=synth['wall_s'] * part)
         cfg.dfbf['synthesizer'] = synth['synthesizer']
         cfg.dfbf['synthetic_data'].update(num_images=synth['num_images'],
                                           cache_dir=osp.join(args.out, 'cache', task))
@@ -264,11 +250,7 @@ def table(results, args):
                  gen_norefine='generator without refinement, same images',
                  gen_norefine_wall='generator without refinement, DeepInversion\'s wall time',
                  online='online: generator pool grown while fine-tuning, adversarial term',
-                 online_noadv='online: generator pool grown while fine-tuning, no adversarial term',
-                 online_di='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, adversarial term',
-                 online_di_noadv='online: `di_x4` pool grown by DeepInversion batches while fine-tuning, no adversarial term',
-                 online_di_eq='online: half of `di_x4`\'s images, grown by DeepInversion batches to as many (same teacher passes), adversarial term',
-                 online_di_q='online: a quarter of `di_x4`\'s images, grown by DeepInversion batches to as many (same teacher passes), adversarial term')
+                 online_noadv='online: generator pool grown while fine-tuning, no adversarial term')
     names.update({m + sfx: f'{names[m]}, {what}' for sfx, what in SUFFIXES.items() for m in BASE_METHODS})
     for task in args.tasks:
         teacher = results.get(f'{task}|teacher', {}).get('metric')

@@ -5,11 +5,11 @@
         [--accuracy 0 5 --ft-epochs 10] [--work-dir work_dirs/synthesis_speed]
         [--out-md docs/synthesis_speed.md]
 
-Every mode fills a ``SyntheticImageDataset`` (the class training uses, so chains, labels and
+Every mode fills a ``SyntheticImageDataset`` (the class training uses, so labels and
 seeds are exactly what a DFBF run gets) from the same teacher with the classification loss
 weights; batches are cached under ``--work-dir`` (a re-run reuses them and reports the wall
 time recorded when they were made). Per mode we report teacher forward+backward passes per
-batch (chains: the cold head and the warm batches averaged), wall time per batch and the final
+batch, wall time per batch and the final
 BN-statistics loss (sum over BN layers, on the final images at full resolution without jitter,
 mean over the batches). The goal is the reference's final BN loss with at most 1/10 of its
 passes. ``--accuracy`` fine-tunes the pruned digits student (configs/benchmarks/
@@ -30,30 +30,28 @@ from mmengine.config import Config
 from dfbf_mm.stock_model import build_stock_model, load_weights
 from dfbf_mm.synthesis import SyntheticImageDataset
 
-# (name, preset, overrides, chain_length). Chains: the head batch starts from noise with the
-# preset's schedule, later batches from the previous batch with the short warm_* schedule.
+# (name, preset, overrides)
 _OLD_FAST = dict(iterations=200, lr=0.25, warmup_iters=10)
 MODES = [
-    ('reference (classification preset)', 'classification', {}, 1),
-    ("old 'fast': 200 it, lr 0.25, cosine, jitter 2 throughout", 'classification', _OLD_FAST, 1),
-    ("'fast' preset: as old, no jitter in the last 100 it", 'fast', {}, 1),
-    ('200 it, lr 0.25, no jitter at all', 'classification', dict(_OLD_FAST, jitter=0), 1),
+    ('reference (classification preset)', 'classification', {}),
+    ("old 'fast': 200 it, lr 0.25, cosine, jitter 2 throughout", 'classification', _OLD_FAST),
+    ("'fast' preset: as old, no jitter in the last 100 it", 'fast', {}),
+    ('200 it, lr 0.25, no jitter at all', 'classification', dict(_OLD_FAST, jitter=0)),
     ('200 it, lr 0.5, betas (0.5, 0.9), jitter 2 throughout', 'classification',
-     dict(_OLD_FAST, lr=0.5, betas=(0.5, 0.9)), 1),
+     dict(_OLD_FAST, lr=0.5, betas=(0.5, 0.9))),
     ('coarse: 100 it on 16x16 upsampled + 100 full, jitter 2', 'classification',
-     dict(_OLD_FAST, iterations=100, coarse_iterations=100, coarse_factor=2), 1),
-    ("'fast_chain' preset: chains of 4, warm batches 100 it", 'fast_chain', {}, 4),
+     dict(_OLD_FAST, iterations=100, coarse_iterations=100, coarse_factor=2)),
 ]
 
 
 def synthesize_mode(model, mode, args, cache_root):
     """The mode's dataset, prepared; and (passes, seconds, BN loss) per batch from the cache."""
-    name, preset, overrides, chain = mode
+    name, preset, overrides = mode
     batches = args.reference_batches if preset == 'classification' and not overrides else args.batches
     ds = SyntheticImageDataset(
         num_images=batches * args.batch_size, batch_size=args.batch_size,
         image_size=(args.image_size, args.image_size), cache_dir=cache_root, seed=args.seed,
-        num_classes=10, chain_length=min(chain, batches),
+        num_classes=10,
         synthesizer=dict(type='DeepInversionSynthesizer', preset=preset, **overrides))
     ds.prepare(model, 'classification', progress=True)
     stats = [ds.cache.load(b, ds._shape)['stats'] for b in range(ds.num_batches)]
@@ -70,7 +68,7 @@ def finetune_accuracy(mode, ds, args, work_dir):
     """
     from mmengine.runner import Runner
     from dfbf_mm.engine.dfbf_config import to_runner_config
-    name, preset, overrides, chain = mode
+    name, preset, overrides = mode
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'benchmarks', 'dfbf_digits_cls.py'))
     for split in ('val_dataloader', 'test_dataloader', 'train_dataloader'):
         cfg[split].dataset.data_root = args.data
@@ -84,7 +82,6 @@ def finetune_accuracy(mode, ds, args, work_dir):
                              checkpoint_interval=args.ft_epochs)
     cfg.dfbf.export = dict(profile=False)  # latency profiling is not what this measures
     runner_cfg = to_runner_config(cfg)
-    runner_cfg.train_dataloader.dataset.chain_length = ds.chain_length
     runner_cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
     runner = Runner.from_cfg(runner_cfg)
     runner._init_model_weights = lambda: None  # see the docstring
@@ -100,7 +97,7 @@ def main(argv=None):
     parser.add_argument('--data', default='data/digits', help='digits data (for --accuracy)')
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--image-size', type=int, default=32)
-    parser.add_argument('--batches', type=int, default=4, help='batches per mode (one chain of 4)')
+    parser.add_argument('--batches', type=int, default=4, help='batches per mode')
     parser.add_argument('--reference-batches', type=int, default=1,
                         help='batches of the reference mode (2000 passes each)')
     parser.add_argument('--seed', type=int, default=0)
@@ -128,7 +125,7 @@ def main(argv=None):
             continue
         ds, stats = synthesize_mode(model, mode, args, osp.join(args.work_dir, 'cache'))
         n = len(stats)
-        row = dict(idx=idx, name=mode[0], batches=n, chain=ds.chain_length,
+        row = dict(idx=idx, name=mode[0], batches=n,
                    passes=sum(s['teacher_passes'] for s in stats) / n,
                    secs=sum(s['seconds'] for s in stats) / n,
                    bn=sum(s['bn_eval'] for s in stats) / n,

@@ -23,17 +23,15 @@ class OnlineSynthesisHook(Hook):
 
     Args:
         task: 'classification', 'detection' or 'pose'.
-        interval, batches, begin, adv_weight, warm_steps, grid_images: the ``dfbf.online`` options.
+        interval, batches, begin, adv_weight, grid_images: the ``dfbf.online`` options.
     """
 
-    priority = 'NORMAL'  # after SyntheticDataHook (the offline pool) and ProgressivePruningHook
+    priority = 'NORMAL'  # after SyntheticDataHook (the offline pool)
 
     def __init__(self, task: str, interval: int = 2, batches: int = 1, begin: int = 2,
-                 adv_weight: float = 1.0, warm_steps: int = 0, grid_images: int = 64):
+                 adv_weight: float = 1.0, grid_images: int = 64):
         self.task = task
         self.settings = dict(interval=interval, batches=batches, begin=begin, adv_weight=adv_weight)
-        if warm_steps:  # in the pool key only when on: the keys of earlier pools stay
-            self.settings['warm_steps'] = warm_steps
         self.grid_images = grid_images
         self.key = None  # from a resumed checkpoint, else made in before_train
         self.pool = None
@@ -54,8 +52,7 @@ class OnlineSynthesisHook(Hook):
         model = self._model(runner)
         dataset = runner.train_dataloader.dataset
         s = self.settings
-        self.pool = OnlinePool(dataset, s['interval'], s['batches'], s['begin'], runner.max_epochs,
-                               s.get('warm_steps', 0))
+        self.pool = OnlinePool(dataset, s['interval'], s['batches'], s['begin'], runner.max_epochs)
         resumed = self.key is not None
         if not resumed:
             self.key = OnlinePool.key(dataset.cache.key, s, hash_state_dict(model.student.state_dict()))

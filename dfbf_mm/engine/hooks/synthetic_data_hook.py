@@ -29,15 +29,13 @@ class SyntheticDataHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         dataset = runner.train_dataloader.dataset
         rank, world_size = get_dist_info()
-        done = dataset.prepare(model.teacher, self.task, rank=rank, world_size=world_size,
-                               student_model=model.student)
+        done = dataset.prepare(model.teacher, self.task, rank=rank, world_size=world_size)
         if world_size > 1:  # every rank says what it did (the logger is quiet on ranks > 0)
             print(f'[rank {rank}/{world_size}] synthetic data: generated {done["generated"]} '
                   f'batches, reused {done["reused"]}', flush=True)
         barrier()
         if world_size > 1:  # the other ranks' batches are in the cache now
-            dataset.prepare(model.teacher, self.task, rank=0, world_size=1, progress=False,
-                            student_model=model.student)
+            dataset.prepare(model.teacher, self.task, rank=0, world_size=1, progress=False)
         if is_main_process():
             self._show(runner, dataset, model.teacher)
 
