@@ -238,10 +238,8 @@ DISTILL = Block('dfbf.distill', 'the feature-mimicking loss', [
            '(default 0; shorthand for loss.out_weight)'),
     Option('neck_weight', None, 'FeatureMimicLoss weight of the loss on the stock neck outputs, the '
            'frozen neck run on each backbone (default 0; shorthand for loss.neck_weight)'),
-    Option('head_weight', None, "FeatureMimicLoss weight of the loss on the stock head's raw outputs "
-           "(one-stage / RPN / pose / classifier heads; default 0; shorthand for loss.head_weight)"),
 ])
-LOSS_SHORTHANDS = ('distance', 'weights', 'out_weight', 'neck_weight', 'head_weight')
+LOSS_SHORTHANDS = ('distance', 'weights', 'out_weight', 'neck_weight')
 
 SCHEDULE = Block('dfbf.schedule', 'fine-tuning: SGD + MultiStep (the reference)', [
     Option('epochs', 5, 'epochs over the synthetic images', integer(1)),

@@ -1,13 +1,13 @@
-"""dfbf.distill.neck_weight / head_weight: the frozen stock neck and head run on each
-backbone's outputs, and what they produce is matched (distillation/model_outputs.py)."""
+"""dfbf.distill.neck_weight: the frozen stock neck runs on each backbone's outputs, and what it
+produces is matched (distillation/model_outputs.py); the stock outputs invert='model' inverts."""
 import pytest
 import torch
 from mmengine.config import Config
 
 import dfbf_mm  # noqa: F401
-from dfbf_mm.distillation.model_outputs import check_stock_outputs, dense_head, stock_outputs
+from dfbf_mm.distillation.model_outputs import check_neck_outputs
 from dfbf_mm.registry import MODELS
-from dfbf_mm.stock_model import build_stock_model, stock_model_cfg
+from dfbf_mm.stock_model import build_stock_model, dense_head, stock_model_cfg, stock_outputs
 from tiny_data import TINY_CLASSIFIER_CFG as STOCK
 from dfbf_mm.utils import output_tensors
 
@@ -23,8 +23,8 @@ def distiller(tmp_path, sparsity=0.5, **distill):
     return model, teacher
 
 
-def test_neck_and_head_terms_train_the_backbone_only(tmp_path):
-    model, teacher = distiller(tmp_path, neck_weight=1.0, head_weight=0.5)
+def test_neck_term_trains_the_backbone_only(tmp_path):
+    model, teacher = distiller(tmp_path, neck_weight=1.0)
     # building checked the neck/head on the teacher in eval mode: its BN statistics are the checkpoint's
     for k, v in teacher.state_dict().items():
         assert torch.equal(model.teacher.state_dict()[k], v), k
@@ -32,22 +32,22 @@ def test_neck_and_head_terms_train_the_backbone_only(tmp_path):
     assert model.student.backbone.training
     assert not model.student.neck.training and not model.student.head.training
     losses = model(torch.randn(4, 3, 32, 32), mode='loss')
-    assert set(losses) == {'loss_feat', 'loss_neck', 'loss_head'}
-    assert losses['loss_neck'] > 0 and losses['loss_head'] > 0
+    assert set(losses) == {'loss_feat', 'loss_neck'}
+    assert losses['loss_neck'] > 0
     head_before = {k: v.clone() for k, v in model.student.head.state_dict().items()}
-    (losses['loss_neck'] + losses['loss_head']).backward()
+    losses['loss_neck'].backward()
     assert all(p.grad is None for p in model.student.head.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.backbone.parameters())
     for k, v in model.student.head.state_dict().items():
         assert torch.equal(head_before[k], v)
 
 
-def test_unpruned_student_has_zero_neck_and_head_loss(tmp_path):
-    model, _ = distiller(tmp_path, sparsity=0.0, neck_weight=1.0, head_weight=1.0,
-                         bn='frozen')
+def test_unpruned_student_has_zero_neck_loss(tmp_path):
+    model, _ = distiller(tmp_path, sparsity=0.0, neck_weight=1.0, bn='frozen')
     losses = model.train()(torch.randn(4, 3, 32, 32), mode='loss')
     assert float(losses['loss_neck']) == pytest.approx(0, abs=1e-6)
-    assert float(losses['loss_head']) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match=r'^dfbf\.distill: unknown key .head_weight.'):
+        distiller(tmp_path, neck_weight=1.0, head_weight=1.0)  # the head term went
 
 
 def test_off_by_default(tmp_path):
@@ -63,7 +63,7 @@ def _stock(path, **backbone):
     return build_stock_model(cfg).eval()
 
 
-def test_detectors_one_stage_head_two_stage_rpn_detr_refused():
+def test_detector_outputs_one_stage_head_two_stage_rpn_detr_neck():
     x = torch.randn(2, 3, 64, 64)
     yolox = _stock('configs/benchmarks/digits_det_teacher.py')
     with torch.no_grad():
@@ -83,15 +83,11 @@ def test_detectors_one_stage_head_two_stage_rpn_detr_refused():
     assert len(outs) == 15 and all(torch.is_tensor(t) for t in outs)
     detr = _stock('mmdet::detr/detr_r50_8xb2-150e_coco.py', init_cfg=None)
     outs = output_tensors(detr.backbone(x))
-    check_stock_outputs(detr, outs, head=False)  # the neck alone is fine
-    with pytest.raises(ValueError) as e:
-        check_stock_outputs(detr, outs, head=True)
-    msg = str(e.value)
-    assert '\n' not in msg and msg.startswith('dfbf.distill.head_weight: DETR has no head')
+    check_neck_outputs(detr, outs)  # its neck runs on the backbone outputs alone
+    assert dense_head(detr) is None  # its head reads the transformer's queries
 
 
-@pytest.mark.parametrize('key', ['neck_weight', 'head_weight'])
-def test_negative_weight_is_refused_in_one_line(key):
+def test_negative_weight_is_refused_in_one_line():
     from dfbf_mm.distillation.feature_loss import FeatureMimicLoss
-    with pytest.raises(ValueError, match=f'^{key}: must be a number >= 0, got -1'):
-        FeatureMimicLoss(**{key: -1})
+    with pytest.raises(ValueError, match='^neck_weight: must be a number >= 0, got -1'):
+        FeatureMimicLoss(neck_weight=-1)

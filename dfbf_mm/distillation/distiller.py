@@ -22,7 +22,7 @@ from ..stock_model import build_teacher, input_channels, pixel_range
 from ..utils import eval_mode, named_features, output_tensors
 from .feature_taps import select_taps
 from .lop import expand_model, merge_model, merged_copy
-from .model_outputs import check_stock_outputs, stock_outputs
+from .model_outputs import check_neck_outputs, neck_outputs
 from .views import build_views
 
 
@@ -43,8 +43,8 @@ class DataFreeDistiller(BaseModel):
         distill: ``taps`` (name patterns, default: unpruned-width norm layers), ``distance``
             ('l1'), ``weights`` (reference preset 0..11 or (a, b)), ``out_weight`` (L_out, 0),
             ``bn`` ('update': student BN running stats adapt to the synthetic data; 'frozen':
-            they stay the teacher's), ``neck_weight`` / ``head_weight`` (the frozen stock neck
-            and head run on each backbone's outputs, their outputs matched; 0: off).
+            they stay the teacher's), ``neck_weight`` (the frozen stock neck runs on each
+            backbone's outputs, its outputs matched; 0: off).
         channel_spec: build the student from this spec instead of pruning (used on resume;
             the weights then come from the resumed checkpoint).
         overparam: LOP (spec lop.md): ``ratio`` r, ``include``/``exclude`` name patterns
@@ -84,13 +84,12 @@ class DataFreeDistiller(BaseModel):
             print_log('dfbf.distill: no unpruned-width norm layer to tap; distilling the backbone '
                       'outputs (out_weight=1.0)', logger='current')
         self.loss = MODELS.build(loss)
-        # the frozen stock neck / head on each backbone's outputs (model_outputs.py), if asked
+        # the frozen stock neck on each backbone's outputs (model_outputs.py), if asked
         self.neck_loss = float(getattr(self.loss, 'neck_weight', 0)) > 0
-        self.head_loss = float(getattr(self.loss, 'head_weight', 0)) > 0
-        if self.neck_loss or self.head_loss:
+        if self.neck_loss:
             with torch.no_grad(), eval_mode(self.teacher):  # eval: its BN statistics stay
                 outs = output_tensors(self.teacher.backbone(example.expand(2, -1, -1, -1)))
-                check_stock_outputs(self.teacher, outs, self.head_loss)
+                check_neck_outputs(self.teacher, outs)
         pruned_layers = self._pruned_layers()
         self.expanded = []
         if overparam:
@@ -128,8 +127,8 @@ class DataFreeDistiller(BaseModel):
 
         Stock backbones re-freeze stages and norms in their own ``train()`` (``frozen_stages``,
         ``norm_eval``); DFBF fine-tunes the whole pruned backbone, so that is undone here. The
-        student's neck and head stay in eval mode: frozen copies of the teacher's (a neck /
-        head loss runs them, and their BN statistics must stay what is exported).
+        student's neck and head stay in eval mode: frozen copies of the teacher's (the neck
+        loss runs the neck, and their BN statistics must stay what is exported).
         """
         super().train(mode)
         self.teacher.eval()
@@ -159,12 +158,10 @@ class DataFreeDistiller(BaseModel):
             t_taps, t_outs = backbone_features(self.teacher.backbone, images, taps)
         s_taps, s_outs = backbone_features(self.student.backbone, images, taps)
         extra = {}
-        if self.neck_loss or self.head_loss:
+        if self.neck_loss:
             with torch.no_grad():
-                t_neck, t_head = stock_outputs(self.teacher, t_outs, self.head_loss)
-            s_neck, s_head = stock_outputs(self.student, s_outs, self.head_loss)
-            extra = dict(neck=(s_neck, t_neck) if self.neck_loss else None,
-                         head=(s_head, t_head) if self.head_loss else None)
+                t_neck = neck_outputs(self.teacher, t_outs)
+            extra = dict(neck=(neck_outputs(self.student, s_outs), t_neck))
         losses = self.loss([s_taps[n] for n in self.taps], [t_taps[n] for n in self.taps],
                            s_outs, t_outs, **extra)
         if self.sp_loss is not None:

@@ -1,13 +1,13 @@
 """The DFBF intermediate-supervision loss.
 
     L = Σ_i w_i · d(F_i^student, F_i^teacher)  (+ w_out · Σ_o d(out_o^s, out_o^t))
-        (+ w_neck · Σ d(neck^s, neck^t) + w_head · Σ d(head^s, head^t))
+        (+ w_neck · Σ d(neck^s, neck^t))
 
 d is the mean L1 (default, as the paper), MSE, Huber or smooth-L1 distance; the weights grow
 with depth, w_i = a + b·i/N for taps i = 1..N from shallow to deep. The reference code names
 twelve (a, b) choices by number ("loss_weight_method"); they are selectable here by that number
-or directly as a pair. The neck and head terms (off by default) compare what the frozen stock
-neck and head make of each backbone's outputs (``model_outputs.py``).
+or directly as a pair. The neck term (off by default) compares what the frozen stock neck
+makes of each backbone's outputs (``model_outputs.py``).
 """
 from typing import Sequence, Tuple, Union
 
@@ -56,12 +56,10 @@ class FeatureMimicLoss(nn.Module):
         weights: reference preset number 0..11 or an (a, b) pair for w_i = a + b·i/N.
         out_weight: weight of the optional loss on the backbone outputs (L_out); 0 = off.
         neck_weight: weight of the loss on the stock neck's outputs; 0 = off.
-        head_weight: weight of the loss on the stock head's raw outputs (scores, boxes,
-            heatmaps, logits); 0 = off.
     """
 
     def __init__(self, distance: str = 'l1', weights: Union[int, Sequence[float]] = 2,
-                 out_weight: float = 0.0, neck_weight: float = 0.0, head_weight: float = 0.0):
+                 out_weight: float = 0.0, neck_weight: float = 0.0):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f'distance: {distance!r} is not one of '
@@ -69,20 +67,17 @@ class FeatureMimicLoss(nn.Module):
         depth_weights(1, weights)  # validate early
         self.distance = distance
         self.weights = weights
-        for name, value in (('out_weight', out_weight), ('neck_weight', neck_weight),
-                            ('head_weight', head_weight)):
+        for name, value in (('out_weight', out_weight), ('neck_weight', neck_weight)):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
                 raise ValueError(f'{name}: must be a number >= 0, got {value!r}')
         self.out_weight = float(out_weight)
         self.neck_weight = float(neck_weight)
-        self.head_weight = float(head_weight)
 
-    def forward(self, student_taps, teacher_taps, student_outs=(), teacher_outs=(), neck=None,
-                head=None):
+    def forward(self, student_taps, teacher_taps, student_outs=(), teacher_outs=(), neck=None):
         """Returns a dict of named loss terms (MMEngine sums every key containing 'loss').
 
-        ``neck`` / ``head``: (student tensors, teacher tensors) of the stock neck / head, given
-        by the distiller when ``neck_weight`` / ``head_weight`` is on."""
+        ``neck``: (student tensors, teacher tensors) of the stock neck, given by the distiller
+        when ``neck_weight`` is on."""
         dist = DISTANCES[self.distance]
         w = depth_weights(len(student_taps), self.weights)
         losses = {}
@@ -91,9 +86,8 @@ class FeatureMimicLoss(nn.Module):
         if self.out_weight > 0:
             losses['loss_out'] = self.out_weight * sum(
                 dist(s, t) for s, t in zip(student_outs, teacher_outs))
-        for name, weight, pair in (('neck', self.neck_weight, neck), ('head', self.head_weight, head)):
-            if weight > 0 and pair is not None:
-                losses[f'loss_{name}'] = weight * sum(dist(s, t) for s, t in zip(*pair))
+        if self.neck_weight > 0 and neck is not None:
+            losses['loss_neck'] = self.neck_weight * sum(dist(s, t) for s, t in zip(*neck))
         if not losses:
             raise ValueError('distill: no feature taps and out_weight=0: nothing to distil')
         return losses

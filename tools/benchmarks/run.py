@@ -2,7 +2,7 @@
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
-         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix dfbf+head dfbf+neck real+head real+neck]
+         dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix dfbf+neck real+neck]
         [--seed 0] [--epochs N] [--quick]
         [--out work_dirs/benchmark] [--data data/digits] [--report-only | --seed-dirs DIR [DIR ...]]
 
@@ -20,7 +20,7 @@ committed teacher with ``DataFreeDistillRunner`` and measures on the test split:
   jitter; docs/augmented_views.md), ``dfbf+mix`` = the same plus CutMix between the images of a
   batch, ``dfbf+cutmix`` = CutMix alone, ``dfbf+mixup`` = ``dfbf+aug`` plus mixup, ``real+aug`` /
   ``real+mix`` = the real-data bound with ``dfbf+aug``'s / ``dfbf+mix``'s views; ``dfbf+neck``
-  / ``dfbf+head`` (and ``real+``) = the frozen stock neck's outputs (and the head's) matched too;
+  (and ``real+neck``) = the frozen stock neck's outputs matched too;
 * backbone params, MACs and CPU latency (the ExportHook's profile rows), the synthesis wall
   time (once per task: all runs of a task share one synthetic cache) and the fine-tuning wall
   time (training epochs only; no validation, export or synthesis).
@@ -90,11 +90,6 @@ METHODS = {
                                                           mix='mixup', mix_prob=0.5)),
     'real+mix': dict(train_data='real', views=dict(flip=0.5, crop=0.5, jitter=0.2,
                                                    mix='cutmix', mix_prob=0.5)),
-    # the frozen stock neck and head run on each backbone, their outputs matched too
-    'dfbf+head': dict(train_data='synthetic', distill=dict(neck_weight=1.0, head_weight=1.0)),
-    'dfbf+head+mix': dict(train_data='synthetic', distill=dict(neck_weight=1.0, head_weight=1.0),
-                          views=dict(flip=0.5, crop=0.5, jitter=0.2, mix='cutmix', mix_prob=0.5)),
-    'real+head': dict(train_data='real', distill=dict(neck_weight=1.0, head_weight=1.0)),
     # the neck's outputs alone (docs/detection_finetuning.md)
     'dfbf+neck': dict(train_data='synthetic', distill=dict(neck_weight=1.0)),
     'real+neck': dict(train_data='real', distill=dict(neck_weight=1.0)),
@@ -130,7 +125,6 @@ COLORS = {'pruned': '0.6', 'dfbf': 'tab:blue', 'noise': 'tab:orange', 'real': 't
           'dfbf+lop': 'tab:red', 'dfbf+sp': 'tab:purple', 'dfbf+lop+sp': 'tab:brown',
           'dfbf+aug': 'tab:cyan', 'dfbf+mix': 'tab:olive', 'real+aug': 'tab:pink',
           'dfbf+cutmix': 'gold', 'dfbf+mixup': 'navy', 'real+mix': 'magenta',
-          'dfbf+head': 'tab:gray', 'dfbf+head+mix': 'black', 'real+head': 'lime',
           'dfbf+neck': 'crimson', 'real+neck': 'darkgreen'}
 
 
