@@ -317,22 +317,6 @@ def switchable(block: Block):
 views_block = switchable(VIEWS)
 
 
-def epoch_counts(v):
-    if v is not None and (not isinstance(v, (tuple, list)) or not v or not all(
-            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v)):
-        raise Invalid(f'must be None or a list of epoch counts >= 1, one per step, got {v!r}')
-    return None if v is None else list(v)
-
-
-PROGRESSIVE = Block('dfbf.progressive', 'prune toward dfbf.pruner.target in steps, each followed by '
-                    'fine-tuning on the same synthetic images (off unless given)', [
-    Option('steps', 3, 'steps K: step k prunes the student to k/K of the target cut (of the '
-           'unpruned backbone), then fine-tunes', integer(1)),
-    Option('epochs', None, 'epochs of each step, K numbers adding up to dfbf.schedule.epochs '
-           '(default: schedule.epochs split evenly); each step restarts the lr schedule, scaled to it',
-           epoch_counts),
-], optional=True)
-
 ONLINE = Block('dfbf.online', 'online synthesis: the image pool grows during fine-tuning, new '
                'batches made against the current student by the GeneratorSynthesizer stream (off unless '
                'given; True: these defaults; docs/synthesis_methods.md)', [
@@ -370,12 +354,11 @@ DFBF = Block('dfbf', 'the experiment', [
            one_of(*TRAIN_DATA)),
     Option('keep_custom_hooks', False, "keep the stock config's custom_hooks while fine-tuning",
            boolean),
-    Option('progressive', None, PROGRESSIVE.doc, PROGRESSIVE.read),
     Option('views', None, VIEWS.doc, views_block),
     Option('online', None, ONLINE.doc, switchable(ONLINE)),
 ])
 
-BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, PROGRESSIVE, VIEWS, ONLINE)
+BLOCKS = (DFBF, SYNTHETIC_DATA, DISTILL, SCHEDULE, OVERPARAM, SP_LOSS, EXPORT, VIEWS, ONLINE)
 
 
 def loss_config(distill: dict) -> dict:
@@ -401,33 +384,12 @@ def read_dfbf(block) -> dict:
     explicit = dfbf['distill']['loss'] != DISTILL.defaults()['loss']
     build_checked(MODELS, loss_config(dfbf['distill']),
                   'dfbf.distill.loss' if explicit else 'dfbf.distill')
-    if dfbf['progressive'] is not None:
-        check_progressive(dfbf)
     if dfbf['online'] is not None:
         check_online(dfbf)
     if dfbf['sp_loss'] is not None:
         build_checked(MODELS, dict(type=dfbf['sp_loss']['type'],
                                    loss_weight=dfbf['sp_loss']['weight']), 'dfbf.sp_loss')
     return dfbf
-
-
-def check_progressive(dfbf: dict) -> None:
-    """One line unless ``dfbf.progressive`` fits the rest of the block: a pruner target to
-    divide, an epoch per step at least, the epochs of the steps adding up, no LOP."""
-    steps, epochs = dfbf['progressive']['steps'], dfbf['progressive']['epochs']
-    total = dfbf['schedule']['epochs']
-    if not dfbf['pruner'].get('target'):
-        raise ValueError('dfbf.progressive: needs a target to divide into steps: dfbf.pruner.target='
-                         'dict(macs=f) (or params=, latency=) of an L1FilterPruner')
-    if dfbf['overparam'] is not None:
-        raise ValueError('dfbf.progressive: does not combine with dfbf.overparam (a later step would '
-                         're-prune the expanded LOP chains)')
-    if epochs is None and total < steps:
-        raise ValueError(f'dfbf.progressive.steps: {steps} steps need at least {steps} epochs; '
-                         f'dfbf.schedule.epochs is {total}')
-    if epochs is not None and (len(epochs) != steps or sum(epochs) != total):
-        raise ValueError(f'dfbf.progressive.epochs: {epochs} must be {steps} numbers (steps) adding up '
-                         f'to dfbf.schedule.epochs={total}')
 
 
 def check_online(dfbf: dict) -> None:

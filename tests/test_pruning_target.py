@@ -1,4 +1,4 @@
-"""Pruning to a target (MACs / params), global ranking, the per-group table, progressive steps."""
+"""Pruning to a target (MACs / params), global ranking, the per-group table."""
 import os.path as osp
 
 import pytest
@@ -11,7 +11,6 @@ from dfbf_mm.pruning.report import groups_table, plot_groups
 from dfbf_mm.pruning.importance import group_scores
 from dfbf_mm.pruning.target import global_ratios, solve
 from dfbf_mm.registry import PRUNERS
-from dfbf_mm.schema import read_dfbf
 
 from backbones import build
 
@@ -126,31 +125,6 @@ def test_prune_tool_target_flag_and_files(tmp_path):
     args = prune.parse_args(['c.py', 'w.pth', '--target-macs', '0.5', '--target-params', '0.5', '--out', 'x'])
     with pytest.raises(ValueError, match='^--target-\\*: give one of'):
         prune.pruner_config(Config(dict()), args)
-
-
-BLOCK = dict(teacher_checkpoint='t.pth', synthesizer=dict(type='DeepInversionSynthesizer'),
-             pruner=dict(type='L1FilterPruner', target=dict(macs=0.6)), schedule=dict(epochs=6))
-
-
-@pytest.mark.parametrize('change,match', [
-    (dict(pruner=dict(type='L1FilterPruner', sparsity=0.5)), r'^dfbf\.progressive: needs a target'),
-    (dict(progressive=dict(steps=3, epochs=[2, 2])), r'^dfbf\.progressive\.epochs: \[2, 2\] must be 3'),
-    (dict(progressive=dict(steps=7)), r'^dfbf\.progressive\.steps: 7 steps need at least 7 epochs'),
-    (dict(progressive=dict(steps=0)), r'^dfbf\.progressive\.steps: must be an integer >= 1'),
-    (dict(overparam=dict(ratio=2)), r'^dfbf\.progressive: does not combine with dfbf\.overparam')])
-def test_progressive_block_errors(change, match):
-    block = dict(dict(BLOCK, progressive=dict(steps=3)), **change)
-    with pytest.raises(ValueError, match=match):
-        read_dfbf(block)
-
-
-def test_step_plan():
-    from dfbf_mm.engine.hooks.progressive_pruning_hook import step_plan
-    plan = step_plan(dict(steps=3, epochs=None), dict(target=dict(macs=0.6)), dict(epochs=10, lr_steps=[8]))
-    assert plan['metric'] == 'macs' and plan['targets'] == pytest.approx([0.2, 0.4, 0.6])
-    assert plan['begins'] == [0, 4, 7]  # 4 + 3 + 3 epochs
-    assert plan['milestones'] == [3, 6, 9]  # 8/10 of each step
-
 
 
 @pytest.mark.parametrize('name', ['ResNet-18', 'MobileNetV2', 'RegNet'])

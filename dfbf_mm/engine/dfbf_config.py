@@ -105,16 +105,11 @@ def to_runner_config(cfg: Config) -> Config:
         check_synthesis_sizes(stock_model_cfg(cfg), task, synthesizer, data['image_size'],
                               data['invert'])
 
-    progressive = None
-    if dfbf['progressive'] is not None:  # the student starts at step 1's cut (hooks/progressive_pruning_hook.py)
-        from .hooks.progressive_pruning_hook import step_plan
-        progressive = step_plan(dfbf['progressive'], dfbf['pruner'], schedule)
     cfg.model = dict(
         type='DataFreeDistiller',
         model=stock_model_cfg(cfg),
         teacher_checkpoint=dfbf['teacher_checkpoint'],
-        pruner=dfbf['pruner'] if progressive is None else dict(
-            dfbf['pruner'], target={progressive['metric']: progressive['targets'][0]}),
+        pruner=dfbf['pruner'],
         input_size=data['image_size'],
         distill=dfbf['distill'],
         overparam=dfbf['overparam'],
@@ -139,8 +134,7 @@ def to_runner_config(cfg: Config) -> Config:
     if amp:
         cfg.optim_wrapper['loss_scale'] = wrapper.get('loss_scale', 'dynamic')
     cfg.param_scheduler = [dict(type='MultiStepLR', by_epoch=True, gamma=schedule['gamma'],
-                                milestones=list(schedule['lr_steps']) if progressive is None
-                                else progressive['milestones'])]
+                                milestones=list(schedule['lr_steps']))]
     cfg.auto_scale_lr = None
 
     default_hooks = plain(cfg.get('default_hooks') or {})
@@ -151,10 +145,6 @@ def to_runner_config(cfg: Config) -> Config:
     cfg.default_hooks = default_hooks
 
     dfbf_hooks = [dict(type='ChannelSpecHook'), dict(type='ExportHook', **dfbf['export'])]
-    if progressive is not None:
-        dfbf_hooks.insert(0, dict(type='ProgressivePruningHook', pruner=dfbf['pruner'],
-                                  metric=progressive['metric'], targets=progressive['targets'],
-                                  begins=progressive['begins'], input_size=data['image_size']))
     if dfbf['online'] is not None:  # after the hooks above: the student is this epoch's
         dfbf_hooks.append(dict(type='OnlineSynthesisHook', task=task, **dfbf['online']))
     if dfbf['train_data'] == 'synthetic':

@@ -306,19 +306,17 @@ class L1FilterPruner:
             self._prune_copy(copy.deepcopy(backbone), example_inputs, ref_shapes, check_each=True)
             raise ValueError(f'backbone: pruning {type(backbone).__name__} changed its outputs')
 
-    def _unreachable(self, kind: str, metric: str, goal: float, best: float, reference) -> ValueError:
+    def _unreachable(self, kind: str, metric: str, goal: float, best: float) -> ValueError:
         limit = f'max_ratio={self.max_ratio:g}' if self.ranking == 'global' else f'min_channels={self.min_channels}'
-        of = 'of the reference' if reference is not None else 'of its'
         return ValueError(f'target: {metric}={goal:g} cannot be reached on {kind}: pruning every prunable '
                           f'group as far as it goes ({limit}, ignore, keep_residual) removes {best:.1%} '
-                          f'{of} {metric}; ask for at most {math.floor(best * 1000) / 1000:g}')
+                          f'of its {metric}; ask for at most {math.floor(best * 1000) / 1000:g}')
 
-    def _search(self, backbone: nn.Module, x: torch.Tensor, ref_shapes, ref_out, reference):
+    def _search(self, backbone: nn.Module, x: torch.Tensor, ref_shapes, ref_out):
         """A copy of ``backbone`` pruned to the target: (work, trace, keeps, reached cut)."""
         from ..export.profile import count_macs_params, measure_latencies
         metric, goal = self.target
         kind = type(backbone).__name__
-        ref = reference if reference is not None else backbone
         tried = {}
 
         def prune_at(theta):
@@ -328,21 +326,21 @@ class L1FilterPruner:
             self._remove(work, trace, keeps, x, ref_shapes, check_each=False)
             return work, trace, keeps
 
-        if metric == 'latency':  # measured: every candidate pruned and timed against the reference
+        if metric == 'latency':  # measured: every candidate pruned and timed against the unpruned one
             def cut(theta):
                 if theta not in tried:
                     work, trace, keeps = prune_at(theta)
                     self._check_copy(backbone, work, x, ref_shapes)
-                    t_ref, t = measure_latencies([ref, work], x, LATENCY_RUNS)
+                    t_ref, t = measure_latencies([backbone, work], x, LATENCY_RUNS)
                     tried[theta] = (work, trace, keeps, 1 - t / t_ref)
                 return tried[theta][3]
             if cut(THETA_MAX) < goal - 0.01:
-                raise self._unreachable(kind, metric, goal, tried[THETA_MAX][3], reference)
+                raise self._unreachable(kind, metric, goal, tried[THETA_MAX][3])
             theta, _ = solve(cut, goal, iters=6, tol=0.01)
             return (*tried[theta], theta, None)
 
         which = 0 if metric == 'macs' else 1
-        base = count_macs_params(ref, x)[which]
+        base = count_macs_params(backbone, x)[which]
         aim, best = goal, None
         for attempt in range(3):  # estimate, prune, count; correct the aim when the estimate is off
             work = copy.deepcopy(backbone)
@@ -352,7 +350,7 @@ class L1FilterPruner:
             def est(theta, trace=trace, costs=costs):
                 return 1 - costs.estimate(self._set_theta(trace, theta))[which] / base
             if attempt == 0 and est(THETA_MAX) < goal - TARGET_TOL:
-                raise self._unreachable(kind, metric, goal, est(THETA_MAX), reference)
+                raise self._unreachable(kind, metric, goal, est(THETA_MAX))
             lo, c_lo, hi, c_hi = bracket(est, aim)
             theta, mix = (lo if aim - c_lo <= c_hi - aim else hi), None
             if self.ranking != 'global' and c_lo < aim < c_hi:  # between two steps: mix them
@@ -371,15 +369,12 @@ class L1FilterPruner:
             aim += goal - real
         return best
 
-    def prune(self, backbone: nn.Module, example_inputs: torch.Tensor,
-              reference: Optional[nn.Module] = None) -> dict:
+    def prune(self, backbone: nn.Module, example_inputs: torch.Tensor) -> dict:
         """Remove channels of ``backbone`` in place; returns its ChannelSpec (JSON-able dict).
 
         ``example_inputs``: a batch ``(N, C, H, W)`` the backbone accepts (values are unused,
         only the traced graph matters; MACs and latency of a target are measured on it).
-        ``reference``: the module the ``target`` is a fraction of (progressive pruning: the
-        unpruned teacher backbone); default ``backbone`` itself. Output shapes are guaranteed
-        unchanged.
+        Output shapes are guaranteed unchanged.
         """
         if not isinstance(example_inputs, torch.Tensor):
             raise ValueError(f'example_inputs: expected a torch.Tensor, got {type(example_inputs).__name__}')
@@ -405,7 +400,7 @@ class L1FilterPruner:
             try:
                 if self.target:
                     work, trace, keeps, reached, theta, mix = self._search(
-                        backbone, example_inputs, ref_shapes, ref_out, reference)
+                        backbone, example_inputs, ref_shapes, ref_out)
                     self._set_theta(trace, theta, mix)
                 else:
                     work = copy.deepcopy(backbone)
@@ -437,8 +432,7 @@ class L1FilterPruner:
         if self.target:
             metric, goal = self.target
             self.report['target'] = dict(metric=metric, target=goal, reached=reached, sparsity=self._theta)
-            print_log(f'{type(self).__name__}: target {metric} -{goal:.1%} of '
-                      f'{"the reference" if reference is not None else type(backbone).__name__}: '
+            print_log(f'{type(self).__name__}: target {metric} -{goal:.1%} of {type(backbone).__name__}: '
                       f'reached -{reached:.1%} ({self.ranking} ranking, sparsity {self._theta:.3f}, '
                       f'{sum(g.width - k for g, k in zip(trace.prunable, keeps))} channels removed '
                       f'in {len(trace.prunable)} groups)', logger='current')

@@ -1,7 +1,7 @@
 """Offline benchmark: what data-free fine-tuning recovers after pruning (docs/benchmark_results.md).
 
     python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
-        [--rules uniform layer macs macs-global macs-progressive] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
+        [--rules uniform layer macs macs-global] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
          dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix dfbf+neck real+neck]
         [--seed 0] [--epochs N] [--quick]
         [--out work_dirs/benchmark] [--data data/digits] [--report-only | --seed-dirs DIR [DIR ...]]
@@ -58,14 +58,12 @@ TASKS = {
 }
 # rule -> the dfbf overrides of a run at `sparsity`; for the target rules the
 # "sparsity" is the fraction of the backbone's MACs removed (L1FilterPruner target=dict(macs=s)):
-# one-shot uniform, one-shot global ranking, and 3 progressive steps (uniform) in the same epochs.
+# one-shot uniform and one-shot global ranking.
 RULES = {
     'uniform': lambda s: dict(pruner=dict(sparsity=s, layer_dependent=False)),
     'layer': lambda s: dict(pruner=dict(sparsity=s, layer_dependent=True)),
     'macs': lambda s: dict(pruner=dict(target=dict(macs=s), layer_dependent=False)),
     'macs-global': lambda s: dict(pruner=dict(target=dict(macs=s), layer_dependent=False, ranking='global')),
-    'macs-progressive': lambda s: dict(pruner=dict(target=dict(macs=s), layer_dependent=False),
-                                       progressive=dict(steps=3)),
 }
 DEFAULT_RULES = ['uniform', 'layer']
 # gamma of the SP term. Tung & Mori's 3000 (spec lop.md) makes SP dominate here: at the start

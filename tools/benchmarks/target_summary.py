@@ -2,18 +2,18 @@
 
     python -m tools.benchmarks.target_summary work_dirs/bench15/results.json
 
-One row per (task, MACs target): the data-free (dfbf) metric of one-shot uniform, one-shot
-global ranking and 3 progressive steps (``tools/benchmarks/run.py --rules macs macs-global
-macs-progressive``), each with the MACs cut it reached and, where run, its real-data bound.
+One row per (task, MACs target): the data-free (dfbf) metric of one-shot uniform and one-shot
+global ranking (``tools/benchmarks/run.py --rules macs macs-global``), each with the MACs cut it
+reached and, where run, its real-data bound.
 """
 import json
 import sys
 
-RULES = ('macs', 'macs-global', 'macs-progressive')
+RULES = ('macs', 'macs-global')
 
 
 def table(results: dict, budget: str = 'full') -> str:
-    head = ['task (teacher)', 'MACs target', 'one-shot uniform', 'one-shot global', 'progressive (3 steps)']
+    head = ['task (teacher)', 'MACs target', 'one-shot uniform', 'one-shot global']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for task in ('cls', 'det', 'pose'):
         teacher = results.get(f'{budget}|{task}|teacher')
