@@ -9,9 +9,11 @@ so the stock neck/head keep fitting. Groups that would need constructs we cannot
 convs, channel shuffles and other transposes, concats/splits whose offsets Torch-Pruning
 cannot make or gets wrong) are skipped with a reason instead of being handed to
 Torch-Pruning. The group search itself is :mod:`.group_search` (Torch-Pruning's, stopped at
-those constructs and bounded by a time limit). One reshape is trusted: the flatten ``F.linear``
-does in front of an N-D input, and only in groups whose layers are all Linears (the hidden
-units of a transformer FFN: fc1 rows, fc2 columns; attention and the residual stream stay).
+those constructs and bounded by a time limit). Reshapes and splits that keep the last dim of
+token tensors are trusted in groups whose layers all index channels on that dim
+(:mod:`.feature_last`: the hidden units of a transformer FFN, fc1 rows and fc2 columns, with a
+BatchNorm1d, GRN or SwiGLU gate between them; attention and the residual stream stay).
+Activation checkpointing is off while tracing (:mod:`.checkpointing`).
 One shuffle is crossed: a group that ends at a channel shuffle from its input side, with all
 the shuffle's channels, is pruned together with the group behind the shuffle, the indices
 mapped through it (:mod:`.shuffle`, ShuffleNetV1).
@@ -25,8 +27,11 @@ import torch.nn as nn
 from torch_pruning import ops as tp_ops
 
 from ..utils import eval_mode, first_line, output_tensors
+from .checkpointing import checkpointing_off
+from .feature_last import (ShapeRecorder, equal_split_divisor, is_feature_last_layer, is_linear_flatten,
+                           keeps_last_dim, mark_last_dim_splits)
 from .group_search import UNMAPPED, BoundedDependencyGraph, Deadline, TraceTimeLimitError, is_permuting_op
-from .layer_pruners import conv_like_pruners, traceable_outputs
+from .layer_pruners import channel_wise_pruners, conv_like_pruners, traceable_outputs
 from .shuffle import ShuffleCoupling, chain_nodes, shuffle_chain, unsupported_behind
 
 # Torch-Pruning pseudo-ops whose index mapping we do not trust for pruning (channels folded
@@ -138,6 +143,9 @@ def _group_divisor(group, graph) -> Optional[int]:
     divisor = 1
     for dep, idxs in group:
         m = dep.target.module
+        k = equal_split_divisor(m, idxs)  # the equal chunks of a SwiGLU gate: same positions in each
+        if k > 1:
+            divisor = divisor * k // math.gcd(divisor, k)
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups > 1:
             depthwise = m.groups == m.in_channels == m.out_channels
             if depthwise:
@@ -172,28 +180,6 @@ def _split_outputs_in_order(node) -> bool:
     return True
 
 
-def _is_linear_flatten(node) -> bool:
-    """True for the view ``F.linear`` puts in front of ``addmm`` for an N-D input.
-
-    ``(..., C) -> (M, C)`` merges the leading (token) dims and keeps the feature dim, so a
-    feature index maps to itself. Torch-Pruning traces it as a reshape; groups through it are
-    still only pruned when every layer they touch is a Linear (a transformer FFN's hidden units).
-    """
-    if not isinstance(node.module, tp_ops._ReshapeOp) or len(node.outputs) != 1:
-        return False
-    sizes = getattr(node.grad_fn, '_saved_self_sym_sizes', None)
-    mm = node.outputs[0]
-    if sizes is None or len(sizes) < 3 or not isinstance(mm.module, tp_ops._ElementWiseOp) or \
-            not str(mm.module._grad_fn).lower().startswith('addmmbackward') or len(mm.outputs) != 1:
-        return False
-    linear = mm.outputs[0].module
-    if not isinstance(linear, nn.Linear) or int(sizes[-1]) != linear.in_features:
-        return False
-    deps = list(node.dependencies) + [d for n in node.inputs + node.outputs for d in n.dependencies
-                                      if d.target is node]
-    return all(f is None for d in deps for f in d.index_mapping)
-
-
 def _in_channel_shuffle(node) -> bool:
     """True for the ops of a channel shuffle: view -> transpose/permute [-> contiguous] -> view."""
     def reshape_near(nodes, out: bool, hops: int = 2) -> bool:
@@ -224,9 +210,10 @@ def _in_channel_shuffle(node) -> bool:
 SHUFFLE_REASON = 'passes a channel shuffle (view, transpose, view)'
 
 
-def _barrier_reason(node) -> str:
-    """Skip reason of a group that reaches ``node``, a barrier of the group search."""
-    if _in_channel_shuffle(node):
+def _barrier_reason(node, linear_root: bool = False) -> str:
+    """Skip reason of a group that reaches ``node``, a barrier of the group search (from a Linear
+    root a view-permute-view is a token reshuffle, Swin's windows, not a channel shuffle)."""
+    if not linear_root and _in_channel_shuffle(node):
         return SHUFFLE_REASON
     m = node.module
     if getattr(m, UNMAPPED, False):
@@ -260,11 +247,13 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
         p.requires_grad_(True)
     was_training = backbone.training
     custom = conv_like_pruners(backbone, example_inputs)  # TridentConv, ConvAWS2d: see layer_pruners
+    channel_wise = channel_wise_pruners(backbone, example_inputs)  # GRN
+    pruners, shapes = {**custom, **channel_wise}, ShapeRecorder()  # shapes: of every reshape's output
     try:
-        with torch.enable_grad(), traceable_outputs(backbone, custom):
+        with checkpointing_off(backbone), torch.enable_grad(), traceable_outputs(backbone, pruners), shapes:
             graph = BoundedDependencyGraph(deadline).build_dependency(
                 wrapper, example_inputs=[example_inputs.clone().requires_grad_(True)], verbose=False,
-                customized_pruners=custom)
+                customized_pruners=pruners)
     except Exception as e:
         raise ValueError(f'backbone: Torch-Pruning cannot trace {type(backbone).__name__} '
                          f'({type(e).__name__}: {first_line(e, 160)})') from None
@@ -279,14 +268,20 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
     sentinels = set(wrapper.sentinels) | {wrapper.input_sentinel}
     param_names = {p: n[len('backbone.'):] for n, p in wrapper.named_parameters()}
     ignored = set(ignore_names)
-    linear_flatten = {node for node in graph.module2node.values() if _is_linear_flatten(node)}
+    # ops that keep the feature (last) dim: trusted only in groups of feature-last layers
+    last_splits = mark_last_dim_splits(graph)
+    linear_flatten = {node for node in graph.module2node.values() if is_linear_flatten(node)}
+    # barriers that a walk from a Linear root passes (its group is then checked by classify)
+    graph.linear_only = {node for node in graph.module2node.values()
+                         if node not in linear_flatten and keeps_last_dim(node, shapes.shapes)} | last_splits
+    shapes.shapes.clear()
     for m, node in graph.module2node.items():  # concat/split offsets Torch-Pruning got wrong or not at all
-        if isinstance(m, (tp_ops._ConcatOp, tp_ops._SplitOp)) and (
+        if node not in last_splits and isinstance(m, (tp_ops._ConcatOp, tp_ops._SplitOp)) and (
                 m.offsets is None or (isinstance(m, tp_ops._SplitOp) and not _split_outputs_in_order(node))):
             setattr(m, UNMAPPED, True)
     barriers = {node for m, node in graph.module2node.items()
-                if (isinstance(m, _UNSAFE_OPS) or is_permuting_op(m) or getattr(m, UNMAPPED, False))
-                and node not in linear_flatten}
+                if (isinstance(m, _UNSAFE_OPS) or is_permuting_op(m) or getattr(m, UNMAPPED, False)
+                    or node in last_splits) and node not in linear_flatten}
     graph.barriers = barriers
     result = TraceResult(graph, wrapper, [], [], out_shapes)
 
@@ -294,7 +289,9 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
         """(touched names, out-channel names, skip reason or None, conv-group divisor, the
         channel-shuffle barriers reached when they are the only reason, else None); the nodes in
         ``allowed`` (a shuffle the caller pairs groups across) are passed over."""
-        touched, out_touched, reason, via_flatten, shuffles, other = [], [], None, False, [], False
+        touched, out_touched, reason, via_flatten, shuffles, other = [], [], None, None, [], False
+        linear_root = isinstance(group[0].dep.target.module, nn.Linear)
+        passable = graph.linear_only if linear_root else ()
         for dep, _ in group:
             m = dep.target.module
             if m is wrapper.input_sentinel:
@@ -307,10 +304,10 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                 continue
             if isinstance(m, nn.Parameter):
                 reason, other = f'couples a bare nn.Parameter ({param_names.get(m, "?")})', True
-            elif dep.target in linear_flatten:
-                via_flatten = True
+            elif dep.target in linear_flatten or dep.target in passable:
+                via_flatten = dep.target if via_flatten is None else via_flatten
             elif dep.target in barriers:
-                reason = _barrier_reason(dep.target)
+                reason = _barrier_reason(dep.target, linear_root)
                 if reason == SHUFFLE_REASON:
                     shuffles.append(dep.target)
                 else:
@@ -329,9 +326,11 @@ def trace_channel_groups(backbone: nn.Module, example_inputs: torch.Tensor,
                     out_touched.append(names[m])
                 if names[m] in ignored:
                     reason, other = reason or f'touches ignored module {names[m]}', True
-        if reason is None and via_flatten and not all(
-                isinstance(dep.target.module, nn.Linear) for dep, _ in group if dep.target.module in names):
-            reason, other = 'passes a Reshape op', True  # a flatten in front of a Linear, not between Linears only
+        if reason is None and via_flatten is not None and not all(
+                is_feature_last_layer(dep.target.module, dep.target, tuple(channel_wise))
+                for dep, _ in group if dep.target.module in names):
+            # a reshape / split that keeps the last dim, in a group with a layer of channels on dim 1
+            reason, other = f'passes a {"Split" if via_flatten in last_splits else "Reshape"} op', True
         divisor = None
         if reason is None or not other:
             divisor = _group_divisor(group, graph)

@@ -13,7 +13,9 @@ What upstream (torch-pruning 1.6) lacks, and is all this file adds:
 * no time limit: a deadline turns a run-away search into a one-line :class:`TraceTimeLimitError`;
 * index mappings it cannot make raise from inside the trace (reshape before a chunk, concat of
   a split chunk, see :func:`tolerant_index_mapping`); here such an op is marked ``UNMAPPED``
-  and becomes a barrier.
+  and becomes a barrier;
+* it maps splits only along dim 1; a split along the last dim of token tensors that the caller
+  marked (:mod:`.feature_last`) is mapped by chunk number.
 
 Otherwise the walk is upstream's: same items, same order, same merge of items on one layer.
 """
@@ -28,6 +30,8 @@ from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.dependency import Dependency
 from torch_pruning.dependency.group import Group
 from torch_pruning.pruner import function
+
+from .feature_last import LAST_DIM_SPLIT, map_last_dim_split
 
 # grad_fn names of traced ops that move channels to other positions (Torch-Pruning treats
 # them as element-wise, i.e. as if channel i stayed channel i).
@@ -46,8 +50,11 @@ def tolerant_index_mapping():
     * ``update_concat_index_mapping`` sums the inferred widths of the inputs before checking
       them for None (LiteHRNet): TypeError. Such a concat is marked (``UNMAPPED``) and made a
       barrier too: without its offsets, indices would cross it unmapped.
+
+    A split marked ``LAST_DIM_SPLIT`` is mapped by :func:`~.feature_last.map_last_dim_split`.
     """
     reshape, concat = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
+    split = index_mapping.update_split_index_mapping
     if getattr(reshape, '_dfbf_tolerant', False):  # nested
         yield
         return
@@ -69,14 +76,22 @@ def tolerant_index_mapping():
         except TypeError:
             setattr(node.module, UNMAPPED, True)
 
+    def update_split(graph, node):
+        if getattr(node.module, LAST_DIM_SPLIT, False):
+            map_last_dim_split(node)
+        else:
+            split(graph, node)
+
     update_reshape._dfbf_tolerant = True
     index_mapping.update_reshape_index_mapping = update_reshape
     index_mapping.update_concat_index_mapping = update_concat
+    index_mapping.update_split_index_mapping = update_split
     try:
         yield
     finally:
         index_mapping.update_reshape_index_mapping = reshape
         index_mapping.update_concat_index_mapping = concat
+        index_mapping.update_split_index_mapping = split
 
 
 # single-input autograd ops that keep the channel count (walked back from a concat input)
@@ -171,14 +186,15 @@ def _walk_to_split(fn, nr: int, hops: int = 4) -> Optional[int]:
 def update_index_mapping(graph: tp.DependencyGraph, skip: Collection = ()) -> None:
     """Torch-Pruning's ``update_index_mapping`` under :func:`tolerant_index_mapping`, leaving out
     the nodes in ``skip`` (barriers: no pruned group uses their mapping, and recomputing the
-    reshape ones is what makes Torch-Pruning spend seconds per group on LiteHRNet)."""
+    reshape ones is what makes Torch-Pruning spend seconds per group on LiteHRNet), except the
+    last-dim splits a Linear root's group passes."""
     updates = {ops.OPTYPE.CONCAT: 'update_concat_index_mapping', ops.OPTYPE.SPLIT: 'update_split_index_mapping',
                ops.OPTYPE.RESHAPE: 'update_reshape_index_mapping', ops.OPTYPE.UNBIND: 'update_unbind_index_mapping',
                ops.OPTYPE.SLICE: 'update_slice_index_mapping', ops.OPTYPE.EXPAND: 'update_expand_index_mapping'}
     with tolerant_index_mapping():
         for node in list(graph.module2node.values()):
             name = updates.get(node.type)
-            if name is not None and node not in skip:
+            if name is not None and (node not in skip or getattr(node.module, LAST_DIM_SPLIT, False)):
                 getattr(index_mapping, name)(graph, node)  # looked up now: the tolerant versions
 
 
@@ -214,12 +230,15 @@ class BoundedDependencyGraph(tp.DependencyGraph):
     """``tp.DependencyGraph`` whose group search is bounded (see the module docstring).
 
     ``barriers``: nodes the walk does not pass (set by the caller after tracing);
+    ``linear_only``: barriers that a walk from a Linear root passes (the ops of
+    :mod:`.feature_last` that keep the last dim of token tensors);
     ``deadline``: a :class:`Deadline` checked during the walk (None: no limit).
     """
 
     def __init__(self, deadline: Optional[Deadline] = None):
         super().__init__()
         self.barriers: Collection = frozenset()
+        self.linear_only: Collection = frozenset()
         self.deadline = deadline
 
     def build_dependency(self, *args, **kwargs):
@@ -233,6 +252,7 @@ class BoundedDependencyGraph(tp.DependencyGraph):
         unless ``mark_unmappable``: then the op it leads to is marked ``UNMAPPED``, added to the
         group with the unmapped indices and not passed (the caller must skip such a group)."""
         barriers, deadline = self.barriers, self.deadline
+        passable = self.linear_only if isinstance(module, nn.Linear) else frozenset()
         if module not in self.module2node:
             raise ValueError(f'Module {module} is not in the dependency graph.')
         if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
@@ -255,7 +275,7 @@ class BoundedDependencyGraph(tp.DependencyGraph):
             steps += 1
             if deadline is not None and steps % 64 == 0:
                 deadline.check(where)
-            if node in barriers and node is not root_node:
+            if node in barriers and node is not root_node and node not in passable:
                 continue
             for new_dep in node.dependencies:
                 if not new_dep.is_triggered_by(fn):

@@ -1,4 +1,4 @@
-"""Torch-Pruning pruners for conv layers it does not handle by itself.
+"""Torch-Pruning pruners for conv and per-channel layers it does not handle by itself.
 
 Torch-Pruning prunes a layer through the pruner registered for its type. Two kinds of conv
 layers of the OpenMMLab backbones are not covered:
@@ -16,6 +16,12 @@ layers of the OpenMMLab backbones are not covered:
 (dim 0 of length ``out_channels``) and, on the input side, every tensor shaped like the weight.
 Only leaf layers are taken (Torch-Pruning ignores a customized layer's children) that return
 one tensor (or a one-tensor list, TridentConv's test branch) while traced.
+
+Per-channel layers that keep bare per-channel parameters and no Torch-Pruning type (mmpretrain's
+``GRN`` of ConvNeXt V2: ``gamma``/``beta`` of ``in_channels`` entries, behind the FFN's first
+Linear) make every group through them "couple a bare nn.Parameter".
+:func:`channel_wise_pruners` finds them and :class:`ChannelWisePruner` removes their entries
+with the channels of the group they are in (input and output channels are the same ones).
 """
 from contextlib import contextmanager
 from typing import Dict, Sequence
@@ -153,6 +159,59 @@ def conv_like_pruners(backbone: nn.Module, example_inputs: torch.Tensor) -> Dict
         for h in hooks:
             h.remove()
     return {t: ConvLikePruner() for t in candidates - bad}
+
+
+class ChannelWisePruner(function.BasePruningFunc):
+    """Prunes a per-channel layer (every own tensor 1-D of ``in_channels`` entries, output shaped
+    like its input): a channel removed is removed from each of its tensors."""
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.in_channels)) - set(idxs))
+        for name, t in list(_own_tensors(layer)):
+            _index(layer, name, t, keep, 0)
+        layer.in_channels = len(keep)
+        return layer
+
+    prune_in_channels = prune_out_channels  # the same channels on both sides
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.in_channels
+
+    get_in_channels = get_out_channels
+
+
+def _is_channel_wise(m: nn.Module) -> bool:
+    """A leaf layer of no Torch-Pruning type whose own tensors are all 1-D of ``in_channels``."""
+    n = getattr(m, 'in_channels', None)
+    tensors = list(_own_tensors(m))
+    return (isinstance(n, int) and not isinstance(n, bool) and n > 1 and bool(tensors)
+            and next(m.children(), None) is None and ops.module2type(m) == ops.OPTYPE.ELEMENTWISE
+            and getattr(m, 'out_channels', n) == n and all(tuple(t.shape) == (n,) for _, t in tensors))
+
+
+def channel_wise_pruners(backbone: nn.Module, example_inputs: torch.Tensor) -> Dict[type, ChannelWisePruner]:
+    """``{layer type: ChannelWisePruner}`` for the per-channel layer types of ``backbone`` (GRN)
+    whose instances all return one tensor of their input's shape on ``example_inputs``."""
+    candidates = {type(m) for m in backbone.modules() if _is_channel_wise(m)}
+    if not candidates:
+        return {}
+    bad, hooks = set(), []
+
+    def record(m, inputs, out):
+        x = _single(inputs)
+        if not (isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and out.shape == x.shape):
+            bad.add(type(m))
+    for m in backbone.modules():
+        if type(m) in candidates:
+            hooks.append(m.register_forward_hook(record))
+    try:
+        with eval_mode(backbone), torch.no_grad():
+            backbone(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {t: ChannelWisePruner() for t in candidates - bad}
 
 
 @contextmanager
