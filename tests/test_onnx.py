@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from mmpretrain.models.backbones import ResNet_CIFAR
 
+from dfbf_mm import cost
 from dfbf_mm.export import format_profile, profile_backbones, timing_spread
 from dfbf_mm.export import profile as profile_mod
 from dfbf_mm.export.onnx import ONNX_TOL, compare_onnx, export_checked, export_onnx, onnx_session
@@ -113,7 +114,7 @@ def test_profile_notes_load_and_machine(pair, monkeypatch):
             clock[0] += seq[k % len(seq)]
         return run
 
-    monkeypatch.setattr(profile_mod.time, 'perf_counter', lambda: clock[0])
+    monkeypatch.setattr(cost.time, 'perf_counter', lambda: clock[0])  # the clock latencies are timed with
     wrapped = []
     for m in (teacher, pruned):
         w = copy.copy(m)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from dfbf_mm.export.profile import count_macs_params
+from dfbf_mm.cost import count_macs_params
 from dfbf_mm.pruning import L1FilterPruner, trace_channel_groups
 from dfbf_mm.pruning.report import groups_table, plot_groups
 from dfbf_mm.pruning.importance import group_scores
@@ -155,7 +155,7 @@ def test_cost_model_links_layers_the_same_way_whatever_the_allocations():
     (and the channels a MACs target picks) changed with the allocation state: 12 different maps
     in these 30 calls, now one."""
     import random
-    from dfbf_mm.pruning.target import CostModel, _counter_types, _leaves
+    from dfbf_mm.cost import CostModel, _counter_types, _leaves
     b = build(*BACKBONES['CSPDarknet'])
     leaves = _leaves(b, _counter_types(b))
     maps = set()

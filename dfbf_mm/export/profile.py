@@ -1,9 +1,9 @@
 """Teacher vs pruned backbone: parameters, FLOPs, measured latency, per-stage channels.
 
-FLOPs are counted by :func:`count_macs_params` (``torch_pruning.utils.count_ops_and_params``:
+FLOPs are counted by ``dfbf_mm.cost.count_macs_params`` (``torch_pruning.utils.count_ops_and_params``:
 forward hooks on conv / linear / norm / activation / pooling layers, subclasses included; it
-reports multiply-accumulates, shown as MACs). Latency is the median wall time of ``runs``
-forwards of the same input after ``warmup`` forwards, in inference mode, on the backbone's
+reports multiply-accumulates, shown as MACs), as the pruner's targets count them. Latency is
+the median wall time of ``runs`` forwards of the same input after ``warmup`` forwards, in inference mode, on the backbone's
 device, teacher and pruned taking turns (one forward each per round).
 ``speed-up / FLOPs-ratio`` = (t_teacher / t_pruned) / (MACs_teacher / MACs_pruned): 1.0 means
 the removed FLOPs turned fully into time.
@@ -24,128 +24,14 @@ import contextlib
 import os
 import platform
 import statistics
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch_pruning as tp
-from torch_pruning.utils import op_counter
 
-from ..utils import eval_mode
+from ..cost import SPREAD_BOUND, count_macs_params, measure_latencies, time_in_turns, timing_spread
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def _subclass_hooks(model: nn.Module) -> dict:
-    """{type: counter hook} for the layer types of ``model`` that are subclasses of a type
-    Torch-Pruning's counter knows but not such a type themselves (it matches ``type(m)``
-    exactly, so e.g. mmcv's ``Linear`` of transformer FFNs or the ``Conv2dAdaptivePadding`` of
-    EfficientNet would count 0 MACs); each gets the hook of its nearest known base class."""
-    known = op_counter.MODULES_MAPPING
-    extra = {}
-    for m in model.modules():
-        t = type(m)
-        if t in known or t in extra:
-            continue
-        base = next((b for b in t.__mro__[1:] if b in known), None)
-        if base is not None:
-            extra[t] = known[base]
-    return extra
-
-
-@contextlib.contextmanager
-def _attention_inputs_by_keyword(model: nn.Module):
-    """Torch-Pruning's ``nn.MultiheadAttention`` counter unpacks ``(q, k, v)`` from the
-    positional inputs; mmcv's attention (PVT, DETR-style necks) passes them as keywords, so
-    the counter would fail. Inside, such calls are counted from their keyword q/k/v."""
-    known = op_counter.MODULES_MAPPING[nn.MultiheadAttention]
-    calls, handles = {}, []
-
-    def remember(module, args, kwargs):
-        calls[id(module)] = args if len(args) >= 3 else tuple(
-            [*args, *(kwargs.get(k) for k in ('query', 'key', 'value')[len(args):])])
-
-    def count(module, inputs, output):
-        return known(module, inputs if len(inputs) >= 3 else calls.get(id(module), inputs), output)
-
-    for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention):
-            handles.append(m.register_forward_pre_hook(remember, with_kwargs=True))
-    try:
-        yield {nn.MultiheadAttention: count} if handles else {}
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, int]:
-    """(MACs, params) of one forward of ``inputs`` (eval mode).
-
-    ``torch_pruning.utils.count_ops_and_params`` with layers matched by ``isinstance``: a
-    subclass of a counted layer type (conv, linear, norm, activation, pooling ...) is counted
-    like its base class. A counted layer is counted once per call, as itself: the layers inside
-    it are not added again, so a conv subclass that wraps another conv counts once.
-    """
-    saved = op_counter.CUSTOM_MODULES_MAPPING
-    try:
-        with eval_mode(backbone), torch.no_grad(), _attention_inputs_by_keyword(backbone) as attention:
-            # count_ops_and_params reads this module global and resets it to {} when it is done
-            op_counter.CUSTOM_MODULES_MAPPING = {**_subclass_hooks(backbone), **attention, **saved}
-            macs, params = tp.utils.count_ops_and_params(backbone, inputs)
-    finally:
-        op_counter.CUSTOM_MODULES_MAPPING = saved
-    return int(macs), int(params)
-
-
-SPREAD_BOUND = 0.2
-
-
-def time_in_turns(fns: Sequence[Callable[[], object]], runs: int = 5, warmup: int = 2,
-                  sync: Callable[[], None] = lambda: None) -> List[List[float]]:
-    """Seconds of each of ``runs`` calls of every function in ``fns``, after ``warmup`` untimed
-    rounds. The functions take turns, one call each per round, so drift of the machine (other
-    load, clocks, caches) hits all of them alike instead of biasing whichever runs later."""
-    times = [[] for _ in fns]
-    for i in range(warmup + runs):
-        for k, fn in enumerate(fns):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t)
-    return times
-
-
-def timing_spread(times: Sequence[float]) -> float:
-    """(p90 - p10) / median of repeated timings (0 for fewer than 2): how much the machine moved
-    while measuring; above ``SPREAD_BOUND`` the profile table flags the row."""
-    if len(times) < 2:
-        return 0.0
-    p10, p50, p90 = np.percentile(np.asarray(times, dtype=float), [10, 50, 90])
-    return float((p90 - p10) / p50) if p50 > 0 else 0.0
-
-
-def measure_latencies(models: Sequence[nn.Module], inputs: torch.Tensor, runs: int = 5,
-                      warmup: int = 2, spreads: Optional[list] = None) -> List[float]:
-    """Median seconds per forward of ``inputs`` for each model (in inference mode), measured in
-    turns by :func:`time_in_turns`; ``spreads``, a list, receives each model's
-    :func:`timing_spread`."""
-    was = [m.training for m in models]
-    for m in models:
-        m.eval()
-    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
-    try:
-        with torch.inference_mode():
-            times = time_in_turns([lambda m=m: m(inputs) for m in models], runs, warmup, sync)
-    finally:
-        for m, w in zip(models, was):
-            m.train(w)
-    if spreads is not None:
-        spreads.extend(timing_spread(t) for t in times)
-    return [statistics.median(t) for t in times]
 
 
 def compile_for_inference(model: nn.Module, **options) -> nn.Module:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
+from ..cost import CostModel, count_macs_params, measure_latencies
 from ..registry import PRUNERS
 from ..utils import first_line
 from .channel_groups import ChannelGroup, check_outputs, flatten_outputs, run_backbone, trace_channel_groups
@@ -29,7 +30,7 @@ from .importance import filter_scores, group_scores
 from .ratios import (check_pattern, check_sparsity, kept_channels, layer_dependent_ratio,
                      names_matching)
 from .shuffle import prune_behind
-from .target import (RANKINGS, THETA_MAX, CostModel, bracket, check_target, global_ratios,
+from .target import (RANKINGS, THETA_MAX, bracket, check_target, global_ratios,
                      solve)
 
 LATENCY_RUNS = 5      # timed forwards per latency measurement of a candidate
@@ -314,7 +315,6 @@ class L1FilterPruner:
 
     def _search(self, backbone: nn.Module, x: torch.Tensor, ref_shapes, ref_out):
         """A copy of ``backbone`` pruned to the target: (work, trace, keeps, reached cut)."""
-        from ..export.profile import count_macs_params, measure_latencies
         metric, goal = self.target
         kind = type(backbone).__name__
         tried = {}
