@@ -334,7 +334,9 @@ DFBF = Block('dfbf', 'the experiment', [
     Option('pruner', None, "a PRUNERS config: L1FilterPruner(sparsity, norm=1, layer_dependent, "
            "overrides, ignore, min_channels, round_to, trace_time_limit=60, target=dict(macs=f) "
            "(or params=, latency=: the cost fraction to remove; the sparsity is then found), "
-           "ranking='uniform' or 'global', max_ratio=0.9) or PaodingPruner(...)",
+           "ranking='uniform' or 'global' (Torch-Pruning's global pruning, as pruning tools offer it; "
+           "on the digits benchmarks level with 'uniform' for cls and pose, worse for det: keep "
+           "'uniform' for detectors, docs/target_pruning.md), max_ratio=0.9) or PaodingPruner(...)",
            registered(PRUNERS), required=True),
     Option('synthesizer', None, "a SYNTHESIZERS config: DeepInversionSynthesizer(preset=..., "
            "**settings), presets 'classification', 'detection', 'pose' (the reference settings), "
