@@ -214,3 +214,19 @@ def test_spark_encoder_runs_dense_with_every_patch_visible():
         got = outs(sparse, x)
         assert outs(sparse, x[:1])[0].shape[0] == 1
     assert torch.allclose(got[0], outs(dense, x)[0], atol=1e-5)
+
+
+def test_extra_config_rows_are_counted_apart():
+    """Rows of EXTRA_CONFIGS (a class's other stock configs) leave the per-class counts as they are."""
+    rows = [_row('mmx.A', 'yes', params='50.0 %'), _row('mmx.C', 'refused', note='backbone: C refused')]
+    extra = [_row(backbone_sweep.extra_key('mmx', 'A', 'a/a-large_coco.py'), 'yes', params='30.0 %')]
+    assert extra[0]['backbone'] == 'mmx.A (a-large_coco)' and backbone_sweep.is_extra(extra[0])
+    s, s2 = backbone_sweep.summary(rows), backbone_sweep.summary(rows + extra)
+    assert {k: v for k, v in s2.items() if not k.startswith('extra')} == {k: v for k, v in s.items()
+                                                                          if not k.startswith('extra')}
+    assert (s2['extra'], s2['extra_ok']) == (1, 1)
+    text = backbone_sweep.summary_text(rows + extra, 0.5, ['mmx.A', 'mmx.C'])
+    assert 'not swept yet' not in text and 'Also swept: 1 more stock configs of these classes (1 ran' in text
+    for scope, name, config in backbone_sweep.EXTRA_CONFIGS:  # every extra config is a stock config of its class
+        assert osp.isfile(osp.join(backbone_sweep.configs_root(scope), config))
+        assert osp.join(backbone_sweep.configs_root(scope), config) in backbone_sweep.candidate_configs(scope, name)

@@ -15,8 +15,13 @@ random batch; 4. ``export_pruned_model``; 5. rebuild the deploy config with the 
 and load the checkpoint strictly; 6. one forward of the whole model in tensor mode, whose
 output shapes must equal the unpruned model's.
 
+Besides each class's smallest config, ``EXTRA_CONFIGS`` are swept as rows of their own (key
+``SCOPE.CLASS (config name)``): stock configs of a class that pruned differently from its
+smallest one (activation checkpointing, ConvNeXt V2's GRN, LeViT-256).
+
 Rows are merged into ``--json`` after each class (a killed run resumes where it stopped; a class
-that was running when the process died is recorded as such); ``--only``/``--redo`` re-run rows.
+that was running when the process died is recorded as such); ``--only``/``--redo`` re-run rows
+(``--only`` takes class keys and extra-config keys).
 ``--out`` gets the full markdown table, ``--readme`` the table under "## Which backbones prune".
 """
 import argparse
@@ -47,6 +52,12 @@ from dfbf_mm.stock_model import enter_scope, input_channels
 SCOPES = ('mmdet', 'mmpose', 'mmpretrain')
 README_HEADING = '## Which backbones prune'
 MAX_CANDIDATES = 8  # stock configs loaded per class to find its smallest one
+# (scope, class, config under the package's configs): swept besides the class's smallest config
+EXTRA_CONFIGS = (
+    ('mmdet', 'SwinTransformer', 'dino/dino-5scale_swin-l_8xb2-12e_coco.py'),  # with_cp=True
+    ('mmpretrain', 'ConvNeXt', 'convnext_v2/convnext-v2-atto_32xb32_in1k.py'),  # GRN
+    ('mmpretrain', 'LeViT', 'levit/levit-256_8xb256_in1k.py'),
+)
 
 
 class _Timeout(Exception):
@@ -73,6 +84,16 @@ def registered_backbones(scopes=SCOPES):
         out += [(scope, name) for name, cls in sorted(registry.module_dict.items())
                 if '.backbones' in getattr(cls, '__module__', '')]
     return out
+
+
+def extra_key(scope: str, name: str, config: str) -> str:
+    """Row key of an ``EXTRA_CONFIGS`` entry: ``SCOPE.CLASS (config file name without .py)``."""
+    return f'{scope}.{name} ({osp.splitext(osp.basename(config))[0]})'
+
+
+def is_extra(row) -> bool:
+    """A row of an ``EXTRA_CONFIGS`` entry (not a class's smallest config)."""
+    return row['backbone'].endswith(')')
 
 
 def configs_root(scope: str) -> str:
@@ -358,7 +379,7 @@ def _record_prune(row, backbone, rep, x, macs0, params0):
 
 
 def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_limit: int = 600,
-                trace_time_limit: float = 300) -> dict:
+                trace_time_limit: float = 300, key: str = None) -> dict:
     """Run one class through the whole path (see the module docstring); returns its row.
 
     ``row['status']``: 'yes' (every stage ran, whole-model output shapes unchanged), 'refused'
@@ -371,7 +392,7 @@ def sweep_class(scope: str, name: str, config: str, sparsity: float = 0.5, time_
     from dfbf_mm.export import export_pruned_model
     from dfbf_mm.stock_model import build_stock_model, load_weights, stock_model_cfg
 
-    row = dict(backbone=f'{scope}.{name}', config=short_config(scope, config), kind='', status='',
+    row = dict(backbone=key or f'{scope}.{name}', config=short_config(scope, config), kind='', status='',
                stage='', groups='', params_cut='', macs_cut='', ffn_pruned='', note='', seconds=0.0)
     start = time.perf_counter()
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -508,7 +529,10 @@ def _pct(cell: str) -> float:
 
 
 def summary(rows) -> dict:
-    """Counts behind the sweep's summary line."""
+    """Counts behind the sweep's summary line, over the classes' smallest configs (``extra``,
+    ``extra_ok``: rows of ``EXTRA_CONFIGS`` and how many of them ran the whole path)."""
+    extra = [r for r in rows if is_extra(r)]
+    rows = [r for r in rows if not is_extra(r)]
     swept = [r for r in rows if r['status'] != 'no config']
     conv = [r for r in swept if r['kind'] == 'conv']
     conv_ok = [r for r in conv if r['status'] == 'yes' and _pct(r['params_cut']) >= 10]
@@ -518,7 +542,8 @@ def summary(rows) -> dict:
                 conv=len(conv), conv_ok=len(conv_ok), transformer=len(trans), transformer_ok=len(trans_ok),
                 refused=sum(r['status'] == 'refused' for r in swept),
                 failed=sum(r['status'] in ('FAIL', 'TIMEOUT', 'CRASH') for r in swept),
-                unknown_kind=sum(not r['kind'] for r in swept))
+                unknown_kind=sum(not r['kind'] for r in swept),
+                extra=len(extra), extra_ok=sum(r['status'] == 'yes' for r in extra))
 
 
 def _cell(text: str) -> str:
@@ -547,7 +572,7 @@ def summary_text(rows, sparsity: float, registered=None) -> str:
     """One paragraph of counts; ``registered``: every class key, to name the ones not swept yet."""
     s = summary(rows)
     none = sorted(r['backbone'] for r in rows if r['status'] == 'no config')
-    todo = sorted(set(registered or ()) - {r['backbone'] for r in rows})
+    todo = sorted(set(registered or ()) - {r['backbone'] for r in rows if not is_extra(r)})
     return (f'{len(registered) if registered else s["classes"]} backbone classes registered'
             + (f' ({len(todo)} not swept yet: {", ".join(todo)})' if todo else '')
             + f'; {s["swept"]} have a stock config and were swept at '
@@ -555,7 +580,9 @@ def summary_text(rows, sparsity: float, registered=None) -> str:
             f'{s["failed"]} failed elsewhere. Conv backbones: {s["conv_ok"]} of {s["conv"]} pruned with '
             f'>= 10 % of their parameters removed and every output shape intact; transformer backbones: '
             f'{s["transformer_ok"]} of {s["transformer"]} pruned their FFN hidden units or were refused in one line.'
-            + (f' No stock config: {", ".join(none)}.' if none else ''))
+            + (f' No stock config: {", ".join(none)}.' if none else '')
+            + (f' Also swept: {s["extra"]} more stock configs of these classes ({s["extra_ok"]} ran the whole '
+               'path), the rows named "class (config)".' if s['extra'] else ''))
 
 
 def write_markdown(path: str, rows, sparsity: float, registered=None) -> str:
@@ -604,7 +631,8 @@ def main(argv=None):
     p.add_argument('--json', default='docs/backbone_sweep.json', help='rows, merged after each class')
     p.add_argument('--out', default='docs/backbone_sweep.md')
     p.add_argument('--readme', default=None, help='also rewrite the backbone table of this README')
-    p.add_argument('--only', nargs='*', default=None, help='SCOPE.CLASS names to (re-)run')
+    p.add_argument('--only', nargs='*', default=None,
+                   help='SCOPE.CLASS names (or "SCOPE.CLASS (config)" rows of EXTRA_CONFIGS) to (re-)run')
     p.add_argument('--redo', action='store_true', help='re-run rows already in --json')
     p.add_argument('--time-limit', type=int, default=600, help='seconds per class')
     p.add_argument('--report-only', action='store_true', help='only rewrite --out/--readme from --json')
@@ -616,12 +644,13 @@ def main(argv=None):
                 p.error(f'--sparsity: {args.json} was made with another sparsity; pass another --json')
     classes = registered_backbones()
     known = {f'{s}.{n}' for s, n in classes}
+    jobs = [(f'{s}.{n}', s, n, None) for s, n in classes] + [
+        (extra_key(s, n, c), s, n, osp.join(configs_root(s), c)) for s, n, c in EXTRA_CONFIGS if f'{s}.{n}' in known]
     if not args.report_only:
-        unknown = sorted(set(args.only or []) - known)
+        unknown = sorted(set(args.only or []) - {key for key, *_ in jobs})
         if unknown:
-            p.error(f'--only: unknown backbone class(es) {unknown}; known: {sorted(known)}')
-        for scope, name in classes:
-            key = f'{scope}.{name}'
+            p.error(f'--only: unknown backbone class(es) {unknown}; known: {sorted(key for key, *_ in jobs)}')
+        for key, scope, name, extra in jobs:
             if args.only is not None and key not in args.only:
                 continue
             old = rows.get(key)
@@ -632,8 +661,9 @@ def main(argv=None):
                            '(out of memory?)')
                 save_rows(args.json, rows, args.sparsity)
                 continue
-            config = osp.join(configs_root(scope), old['config'].split('::', 1)[1]) if (old or {}).get('config') else None
-            if not config or not osp.isfile(config):
+            config = extra or (osp.join(configs_root(scope), old['config'].split('::', 1)[1])
+                               if (old or {}).get('config') else None)
+            if extra is None and (not config or not osp.isfile(config)):
                 config, why = pick_config(scope, name)
             if config is None:
                 rows[key] = dict(backbone=key, config='', kind='', status='no config', stage='', groups='',
@@ -642,7 +672,7 @@ def main(argv=None):
                 rows[key] = dict(backbone=key, config=short_config(scope, config), status='RUNNING', stage='',
                                  kind='', groups='', params_cut='', macs_cut='', ffn_pruned='', note='', seconds=0.0)
                 save_rows(args.json, rows, args.sparsity)
-                rows[key] = sweep_class(scope, name, config, args.sparsity, args.time_limit)
+                rows[key] = sweep_class(scope, name, config, args.sparsity, args.time_limit, key=key)
             save_rows(args.json, rows, args.sparsity)
             r = rows[key]
             print(f'{key}: {r["status"]} {r["params_cut"]} ({r["seconds"]} s) {r["note"][:150]}', file=sys.stderr,
