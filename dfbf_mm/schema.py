@@ -11,7 +11,7 @@ Configs of parts that a registry builds (``pruner``, ``synthesizer``, ``distill.
 ``sp_loss.type``) are built once here as a check, so a bad setting of theirs fails when the
 config is read, named by its path, and not minutes later.
 
-``python tools/options_table.py --readme README.md`` writes the README's options table from
+``python tools/options_table.py --doc docs/configuration.md`` writes the options table of the docs from
 :data:`BLOCKS`; a test checks the two agree.
 """
 import copy
@@ -43,7 +43,7 @@ class Invalid(ValueError):
 
 @dataclass(frozen=True)
 class Option:
-    """One key of a block: ``default`` (copied), ``doc`` for the README, ``parse`` (value ->
+    """One key of a block: ``default`` (copied), ``doc`` for the options table, ``parse`` (value ->
     value used, raising :class:`Invalid`), ``required`` (a falsy value is an error)."""
     key: str
     default: Any
@@ -406,7 +406,7 @@ def check_online(dfbf: dict) -> None:
 
 
 def options_table() -> str:
-    """The README's table of every ``dfbf`` option (``tools/options_table.py``)."""
+    """The table of every ``dfbf`` option in docs/configuration.md (``tools/options_table.py``)."""
     rows = ['| key | default | meaning |', '|---|---|---|']
     for block in BLOCKS:
         for o in block.options:
