@@ -326,8 +326,8 @@ class GeneratorSynthesizer:
     SETTINGS_DOC = GENERATOR_SETTINGS_DOC
 
     def refiner(self) -> Optional[DeepInversionSynthesizer]:
-        """The DeepInversion of ``refine_steps`` warm-started steps (None when 0): the `fast`
-        preset, one full-resolution phase whose second half is without jitter."""
+        """The DeepInversion of ``refine_steps`` steps from the generated images (None when 0):
+        the `fast` preset, one full-resolution phase whose second half is without jitter."""
         s = self.settings
         if not s['refine_steps']:
             return None

@@ -22,7 +22,7 @@ SETTINGS_DOC = {
     'bn_weight': 'lambda_BN',
     'first_bn_multiplier': "extra factor on the first BN layer's term (the DeepInversion reference "
                            "code's setting: 10 in the detection/pose presets; on the digits detector "
-                           '10 is level with 1, docs/synthesis_methods.md)',
+                           '10 is level with 1, docs/detection_synthesis.md)',
     'tv_weight': 'lambda_TV',
     'tv_norm': "'l2' (reference) or 'l1' total variation",
     'l2_weight': 'lambda_l2',
