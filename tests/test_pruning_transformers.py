@@ -119,7 +119,8 @@ def test_checkpointed_swin_prunes_like_its_twin_and_keeps_checkpointing(monkeypa
     assert flags and all(flags)
     calls = []
     real = checkpoint.checkpoint
-    monkeypatch.setattr(checkpoint, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, use_reentrant=False, **k))
+    monkeypatch.setattr(checkpoint, 'checkpoint',  # counted (use_reentrant given: torch warns without it)
+                        lambda *a, **k: calls.append(1) or real(*a, use_reentrant=False, **k))
     net.train()
     xg = x.clone().requires_grad_(True)
     got = net(xg)
