@@ -3,8 +3,13 @@
 Importing the package registers every dfbf type (pruners, the pruned-backbone builder, the
 synthetic dataset, the distiller, hooks and the runner) and lets ``torch.load`` read MMEngine
 checkpoints safely; add ``custom_imports=dict(imports=['dfbf_mm'])`` to any mm config.
+It first checks the environment once (``compat.check_environment``: torch, numpy, mmcv's ops).
 """
-from .safe_checkpoint import register_safe_globals
+from .compat import check_environment
+
+check_environment()
+
+from .safe_checkpoint import register_safe_globals  # noqa: E402
 
 register_safe_globals()
 

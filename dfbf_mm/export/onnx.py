@@ -1,8 +1,9 @@
 """ONNX export of a (pruned) backbone or a whole model in tensor mode, checked in onnxruntime.
 
-Exporter: ``torch.onnx.export(..., dynamo=False)``, the TorchScript exporter. The default
-(dynamo) exporter of torch >= 2.9 needs ``onnxscript``, whose releases need numpy >= 2, which
-the pinned stack cannot take. The graph has a dynamic batch axis, so one file serves every
+Exporter: ``torch.onnx.export(..., dynamo=False)``, the TorchScript exporter (the keyword only
+where torch has it, ``compat.onnx_export_kwargs``). The default (dynamo) exporter of
+torch >= 2.9 needs ``onnxscript``, whose releases need numpy >= 2, which the pinned stack
+cannot take. The graph has a dynamic batch axis, so one file serves every
 batch size. A whole model is exported as ``model(x, mode='tensor')`` (the network without the
 data preprocessor and without post-processing: the raw head outputs); all outputs are
 flattened in order into ``output0``, ``output1``, ...
@@ -24,6 +25,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from ..compat import onnx_export_kwargs
 
 ONNX_TOL = 1e-4
 OPSET = 17
@@ -78,7 +81,7 @@ def export_onnx(module: nn.Module, inputs: torch.Tensor, path: Optional[str] = N
             os.makedirs(osp.dirname(path), exist_ok=True)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter('ignore')  # legacy-exporter deprecation and tracer warnings
-            torch.onnx.export(flat, (inputs,), f, dynamo=False, opset_version=opset,
+            torch.onnx.export(flat, (inputs,), f, **onnx_export_kwargs(), opset_version=opset,
                               input_names=['input'], output_names=names, dynamic_axes=axes)
     finally:
         module.train(was)

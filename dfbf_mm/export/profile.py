@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..compat import compile_fn
 from ..cost import SPREAD_BOUND, count_macs_params, measure_latencies, time_in_turns, timing_spread
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -36,7 +37,7 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 def compile_for_inference(model: nn.Module, **options) -> nn.Module:
     """``torch.compile(model, dynamic=False, **options)``; time it under :func:`inference_config`."""
-    return torch.compile(model, **{'dynamic': False, **options})
+    return compile_fn(model, 'compile_options', **{'dynamic': False, **options})
 
 
 def inference_config(options: dict):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..compat import compile_fn
 from ..device import autocast_for
 from ..registry import SYNTHESIZERS
 from ..utils import eval_mode, first_line
@@ -310,7 +311,7 @@ class CompiledStep:
 
     def __init__(self, target: nn.Module):
         self.target_name = type(target).__name__
-        self.fn = torch.compile(DeepInversionSynthesizer._forward_terms)
+        self.fn = compile_fn(DeepInversionSynthesizer._forward_terms, 'compile')
         self.calls = 0
 
     def __call__(self, synthesizer, target, bn_hooks, xj, labels):
