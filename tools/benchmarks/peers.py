@@ -41,6 +41,8 @@ REPO = run.REPO
 MMRAZOR = ['dafl', 'dfad', 'zskt']
 METHODS = (['dfbf', 'real'] + [f'{m}:{i}' for i in ('pruned', 'scratch') for m in MMRAZOR]
            + ['tp-l1+dfbf', 'tp-l1+real'])
+# mmrazor rows of the other budget (--mmrazor-budget passes): keyed and labelled apart
+ROWS = METHODS[:8] + [f'{m}@passes' for m in METHODS[2:8]] + METHODS[8:]
 KD_T = 4.0  # temperature of the logit KD of the tp-l1+dfbf row (Hinton et al.)
 NOTES = '<!-- notes: kept by the command -->'
 
@@ -53,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument('--mmrazor-seeds', type=int, nargs='+', default=[0],
                    help='the seeds (of --seeds) the mmrazor rows run for')
     p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--mmrazor-budget', default='wall', choices=['wall', 'passes'],
+                   help="the mmrazor rows' budget: our dfbf row's wall time (default), or its "
+                        'teacher forward passes (the whole schedule; rows kept apart, `@passes`)')
     p.add_argument('--quick', action='store_true', help="smoke-test budget (run.py's quick budget)")
     p.add_argument('--out', default='work_dirs/peers')
     p.add_argument('--data', default='data/digits')
@@ -264,7 +269,7 @@ def mmrazor_row(args, method, init, seed, student_path, passes, seconds):
     batch = cfg['train_dataloader']['batch_size']
     per_iter = teacher_passes_per_iter(method, batch, cfg['model'].get('student_iter', 1))
     iters = max(4, round(passes / per_iter))  # 4: room for a warm-up and the milestones after it
-    wd = osp.join(args.out, f'seed{seed}', f'{method}_{init}')
+    wd = osp.join(args.out, f'seed{seed}', f'{method}_{init}' + ('' if seconds else '_passes'))
     os.makedirs(wd, exist_ok=True)
     result = osp.join(wd, 'result.json')
     port = 29500 + (os.getpid() + seed * 7 + MMRAZOR.index(method)) % 1000
@@ -329,8 +334,9 @@ def collect(args):
         if todo:
             for m, rec in tp_rows(args, seed, s, todo).items():
                 save(f'{budget}|{seed}|{m}', rec)
+        tag = '' if args.mmrazor_budget == 'wall' else '@passes'
         razor = [m for m in args.methods if m.split(':')[0] in MMRAZOR and seed in args.mmrazor_seeds
-                 and f'{budget}|{seed}|{m}' not in results]
+                 and f'{budget}|{seed}|{m}{tag}' not in results]
         why = mmrazor_available() if razor else ''
         for m in razor:
             if why:
@@ -339,8 +345,8 @@ def collect(args):
             method, init = m.split(':')
             print(f'[peers] seed {seed} {m}: running')
             try:
-                save(f'{budget}|{seed}|{m}',
-                     mmrazor_row(args, method, init, seed, student_path, passes, seconds))
+                save(f'{budget}|{seed}|{m}{tag}', mmrazor_row(args, method, init, seed, student_path,
+                                                            passes, seconds if not tag else None))
             except RuntimeError as e:
                 print(f'[peers] {e}')
         write_doc(args, results)
@@ -349,9 +355,9 @@ def collect(args):
 
 # ----------------------------------------------------------------------------- the table
 def rows_of(results, budget):
-    """(method, [records by seed]) in METHODS order."""
+    """(method, [records by seed]) in ROWS order."""
     out = []
-    for m in METHODS:
+    for m in ROWS:
         recs = sorted(((int(k.split('|')[1]), v) for k, v in results.items()
                        if k.startswith(f'{budget}|') and k.split('|')[-1] == m and len(k.split('|')) == 3),
                       key=lambda x: x[0])
@@ -370,6 +376,12 @@ LABELS = {
     'tp-l1+dfbf': 'Torch-Pruning L1 (all groups) + KD on our synthetic images',
     'tp-l1+real': 'Torch-Pruning L1 (all groups) + fine-tuning on real data',
 }
+
+
+def label(m):
+    if m.endswith('@passes'):
+        return LABELS[m[:-len('@passes')]] + ', our teacher passes (whole schedule)'
+    return LABELS[m]
 
 
 def numbers(m, rec, results, budget):
@@ -403,7 +415,7 @@ def table(results, budget):
         per, total, wall = numbers(m, recs[0][1], results, budget)
         macs = recs[0][1].get('macs', ours_macs)
         lines.append('| ' + ' | '.join([
-            LABELS[m], f'{100 * (1 - macs / full):.1f} %' if full and macs else '',
+            label(m), f'{100 * (1 - macs / full):.1f} %' if full and macs else '',
             ', '.join(f'{v:.2f} ({sd})' for v, (sd, _) in zip(vals, recs)), f'{mean:.2f}',
             f'{100 * mean / teacher:.1f}' if teacher else '', f'{per:.1f}', f'{round(total):,}',
             f'{wall:.0f}', f'{mean - real_mean:+.2f}' if real_mean is not None and m != 'real' else '']) + ' |')
@@ -415,7 +427,7 @@ def beats(means):
     ours_m = means.get('dfbf')
     if ours_m is None:
         return []
-    out = [f'- {LABELS[m]}: {v:.2f} against our {ours_m:.2f} ({v - ours_m:+.2f}).'
+    out = [f'- {label(m)}: {v:.2f} against our {ours_m:.2f} ({v - ours_m:+.2f}).'
            for m, v in means.items() if m not in ('dfbf', 'real') and v > ours_m]
     return out or [f'- No peer row is above ours ({ours_m:.2f}) at this budget.']
 
@@ -443,7 +455,10 @@ def write_doc(args, results):
         'are in their own columns (mmrazor: one pass per generated image, DAFL two). '
         'Torch-Pruning rows: our fine-tuning schedule (epochs, lr, steps, batch), on our '
         'synthetic images (so they share our synthesis cost) or the real train split. '
-        'Real-data rows use no teacher passes. Cells: top-1 (seed).', '',
+        'Real-data rows use no teacher passes. Cells: top-1 (seed).'
+        + (' Rows marked "our teacher passes (whole schedule)" ran mmrazor\'s schedule to the end '
+           "of the iterations that spend our row's teacher passes, with no wall-time limit "
+           '(`--mmrazor-budget passes`).' if any(k.endswith('@passes') for k in results) else ''), '',
         tab, '',
         '**Where a peer is above ours** (mean top-1; computed from the table):', '',
         *beats(means), '',
