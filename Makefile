@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-quick clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -13,6 +13,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# the development loop: everything but the tests marked slow (pytest.ini), a few minutes
+test-quick: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf work_dirs .pytest_cache

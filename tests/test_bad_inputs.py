@@ -245,6 +245,7 @@ STOCK_CASES = [  # the stock mmpretrain tools/test.py on a deploy config: Pruned
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('cfg, ckpt, message', STOCK_CASES)
 def test_stock_test_tool_refuses_what_does_not_fit(ws, cfg, ckpt, message):
     u = ws['user']
@@ -253,6 +254,7 @@ def test_stock_test_tool_refuses_what_does_not_fit(ws, cfg, ckpt, message):
     assert _snapshot(u) == ws['before']
 
 
+@pytest.mark.slow
 def test_good_inputs_still_pass(ws):
     """The checks refuse only what is wrong: the matching export tests; --non-strict still needs
     the checkpoint to load something."""
@@ -263,6 +265,7 @@ def test_good_inputs_still_pass(ws):
     assert code == 2 and 'shares no tensor name with the model' in err
 
 
+@pytest.mark.slow
 def test_stock_tool_process_fails(ws):
     """End to end in a new interpreter: the stock tool stops (traceback, exit 1: its own error
     handling) with the one-line reason last."""

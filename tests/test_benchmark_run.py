@@ -93,6 +93,7 @@ def test_results_of_concurrent_benchmarks_are_merged(tmp_path):
                                                 'full|pose|teacher']
 
 
+@pytest.mark.slow
 def test_neck_suffix_turns_on_the_neck_loss(tmp_path):
     """``+neck`` rows (synthesis_methods) / ``dfbf+neck`` (run.py) fine-tune with the frozen
     neck's outputs matched; their base rows do not."""

@@ -11,6 +11,7 @@ HRNET = 'configs/dfbf_hrnet_w32_coco_keypoint.py'
 
 @pytest.mark.parametrize('path', ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
                                   'mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py'])
+@pytest.mark.slow
 def test_two_stage_detectors_build(path):
     # their heads read train_cfg.rpn / test_cfg.rcnn as attributes (ConfigDict, not dict)
     from mmengine.hub import get_config
@@ -19,6 +20,7 @@ def test_two_stage_detectors_build(path):
     assert model.train_cfg.rpn.sampler.num == 256
 
 
+@pytest.mark.slow
 def test_hrnet_half_resolution_phase_checked_when_the_config_is_read():
     cfg = Config.fromfile(HRNET)
     cfg.dfbf.synthesizer = dict(type='DeepInversionSynthesizer', preset='pose')  # the paper's synthesis

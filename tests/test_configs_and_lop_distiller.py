@@ -24,6 +24,7 @@ def test_all_six_mission_configs_exist():
             'dfbf_hrnet_w32_coco_keypoint.py'} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', MISSION_CONFIGS, ids=osp.basename)
 def test_mission_config_becomes_a_runner_config(path):
     cfg = Config.fromfile(path)

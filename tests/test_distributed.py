@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from mmengine.config import Config
 
@@ -46,6 +47,7 @@ def _torchrun(tmp_path, options, block=DFBF_BLOCK):
     return log, work
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
     log, work = _torchrun(tmp_path, ['dfbf.synthesizer.iterations=5', 'dfbf.schedule.epochs=1',
                                      'dfbf.synthetic_data.num_images=8', 'dfbf.synthetic_data.batch_size=2'])
@@ -58,6 +60,7 @@ def test_two_process_gloo_run_with_stock_train_tool(tmp_path):
     assert osp.isfile(work / 'export' / 'pruned.pth')
 
 
+@pytest.mark.slow
 def test_two_process_online_synthesis_shares_each_round(tmp_path):
     generator = DFBF_BLOCK.replace("type='DeepInversionSynthesizer', preset='classification', iterations=30,\n"
                                    "                     warmup_iters=2",

@@ -44,6 +44,7 @@ def _build_deploy(path):
     return cfg, model.eval()
 
 
+@pytest.mark.slow
 def test_prune_tool_writes_exactly_three_loadable_files(exported, tmp_path):
     cfg, _, out, paths = exported
     # the three loadable files, plus where the cut went (kept channels per group: table, plot)
@@ -86,6 +87,7 @@ def test_export_refuses_a_spec_of_another_pruning(exported, tmp_path):
                           channel_spec=str(tmp_path / 'missing.json')))
 
 
+@pytest.mark.slow
 def test_profile_rows(exported):
     cfg, _, _, paths = exported
     teacher = build_stock_model(cfg).backbone
@@ -98,6 +100,7 @@ def test_profile_rows(exported):
     assert 'speed-up / FLOPs-ratio (batch 1)' in by and table.count('\n') == len(rows) + 1
 
 
+@pytest.mark.slow
 def test_profile_compiled_rows_and_compile_failure(exported):
     """compile_options adds the latency rows of the compiled backbones (the 'eager' backend
     here: the wiring, without Inductor's minutes of compiling); a backend that fails leaves the
@@ -208,6 +211,7 @@ def test_latencies_are_measured_in_turns():
     assert not a.training and b.training
 
 
+@pytest.mark.slow
 def test_prune_tool_fuses_a_reparameterisable_backbone(tmp_path):
     # RepVGG in training form sums branches: nothing prunes until it is fused (deploy form)
     cfg = get_config('mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py')

@@ -41,6 +41,7 @@ def test_metric_errors():
         FGSMRobustness().process({}, [])
 
 
+@pytest.mark.slow
 def test_metric_in_stock_val_loop(tmp_path):
     from mmengine.runner import Runner
     from mmpretrain.models import ImageClassifier

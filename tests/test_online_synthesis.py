@@ -193,6 +193,7 @@ dfbf = dict(teacher_checkpoint='{teacher}',
 """
 
 
+@pytest.mark.slow
 def test_online_run_grows_the_pool_checkpoints_its_key_and_resumes(tmp_path):
     data = imagenet_style_folder(str(tmp_path / 'val'))
     stock = tmp_path / 'stock.py'
@@ -231,6 +232,7 @@ def test_online_run_grows_the_pool_checkpoints_its_key_and_resumes(tmp_path):
     ('dfbf_yolox_coco.py', []),
     # a two-stage detector inverted whole (backbone + neck + RPN); its random boxes scored
     ('dfbf_faster_rcnn_r50_coco.py', ['dfbf.synthetic_data.invert=model', 'model.test_cfg.rcnn.score_thr=0.0'])])
+@pytest.mark.slow
 def test_online_at_the_real_architecture(name, extra, tmp_path):
     """A shipped detection config with online rounds, switched to the generator as a user would
     (--cfg-options on the stock train tool): random teacher, 64 px, two epochs, one round."""

@@ -26,6 +26,7 @@ def pair():
     return teacher, pruned
 
 
+@pytest.mark.slow
 def test_pruned_backbone_exports_and_matches(pair, tmp_path):
     _, pruned = pair
     x = torch.randn(2, 3, 32, 32)
@@ -58,6 +59,7 @@ class _TensorModel(nn.Module):
         return ([self.head(feats[1])], (feats[0],))
 
 
+@pytest.mark.slow
 def test_export_checked_whole_model_else_backbone(pair, tmp_path):
     _, pruned = pair
     x = torch.randn(1, 3, 32, 32)
@@ -70,6 +72,7 @@ def test_export_checked_whole_model_else_backbone(pair, tmp_path):
     assert not (tmp_path / 'm.onnx').exists()  # no stale whole-model file beside the backbone one
 
 
+@pytest.mark.slow
 def test_profile_onnxruntime_rows_and_export_failure(pair, monkeypatch):
     teacher, pruned = pair
     rows, table = profile_backbones(teacher, pruned, (32, 32), batch_sizes=(1, 2), runs=1, warmup=1, onnx=True)

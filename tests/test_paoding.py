@@ -171,6 +171,7 @@ def test_bad_input_errors():
         build().prune(conv_front_model())
 
 
+@pytest.mark.slow
 def test_mmpretrain_stacked_head_and_tanh_error():
     from mmengine.registry import DefaultScope
     from mmpretrain.models import ImageClassifier

@@ -71,6 +71,7 @@ def export_and_reload(model, cfg, spec, out):
     return paths, deploy, rebuilt.eval()
 
 
+@pytest.mark.slow
 def test_stacked_head_exports_with_rewritten_mid_channels(tmp_path):
     cfg, model = stock(LENET, tmp_path)
     x = torch.rand(6, 1, 32, 32)
@@ -86,6 +87,7 @@ def test_stacked_head_exports_with_rewritten_mid_channels(tmp_path):
         assert torch.allclose(rebuilt(x, mode='tensor'), model(x, mode='tensor'), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_conv_blocks_on_resnet_cifar_keep_bn_and_reload_strictly(tmp_path):
     cfg, model = stock(RESNET, tmp_path)
     teacher_keys = set(model.state_dict())

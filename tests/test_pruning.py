@@ -36,6 +36,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', list(CASES))
 def test_real_removal_keeps_outputs_and_spec_round_trips(case):
     scope, cfg, size = CASES[case]

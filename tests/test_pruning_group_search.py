@@ -65,6 +65,7 @@ SHUFFLENET_V2 = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scope', list(SHUFFLENET_V2))
 def test_shufflenet_v2_prunes_fast_and_round_trips(scope):
     cfg = SHUFFLENET_V2[scope]
@@ -103,6 +104,7 @@ LITEHRNET_SMALL = dict(type='LiteHRNet', extra=dict(
 
 @pytest.mark.parametrize('scope,cfg,size', [('mmpretrain', SHUFFLENET_V2['mmpretrain'], 64),
                                             ('mmpose', SHUFFLENET_V2['mmpose'], 64), ('mmpose', LITEHRNET_SMALL, 32)])
+@pytest.mark.slow
 def test_channels_are_removed_consistently_through_chunks_and_shuffles(scope, cfg, size):
     torch.set_default_dtype(torch.float64)  # (float64 convs are slow on CPU: small inputs)
     try:

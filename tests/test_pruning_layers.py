@@ -60,6 +60,7 @@ def nparams(m):
     return sum(p.numel() for p in m.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', list(CASES))
 def test_backbone_prunes_and_its_spec_reloads_strictly(case):
     scope, cfg, channels, size, check = CASES[case]

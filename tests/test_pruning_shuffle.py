@@ -69,6 +69,7 @@ def bn_zeroed_stock_equals_pruned(stock, pruned, x):
     return all(torch.allclose(a, b, rtol=1e-9, atol=1e-9) for a, b in zip(outs(stock, x), outs(pruned, x)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scope,cfg', V1, ids=[f'{s}-g{c.get("groups", 3)}' for s, c in V1])
 def test_shufflenet_v1_prunes_through_the_shuffle(scope, cfg):
     torch.set_default_dtype(torch.float64)  # (float64 grouped convs are slow on CPU: a small input)

@@ -7,6 +7,7 @@ import pytest
 from tools import backbone_sweep
 
 
+@pytest.mark.slow
 def test_registered_backbones_and_config_matching():
     classes = backbone_sweep.registered_backbones(('mmpretrain',))
     assert ('mmpretrain', 'ResNet_CIFAR') in classes and ('mmpretrain', 'RepVGG') in classes
@@ -20,6 +21,7 @@ def test_registered_backbones_and_config_matching():
     assert backbone_sweep.pick_config('mmpretrain', 'NoSuchNet') == (None, 'no stock config uses it')
 
 
+@pytest.mark.slow
 def test_whole_path_on_a_stock_detector():
     path = osp.join(backbone_sweep.configs_root('mmdet'), 'yolox', 'yolox_nano_8xb8-300e_coco.py')
     row = backbone_sweep.sweep_class('mmdet', 'CSPDarknet', path, 0.5, time_limit=300)
@@ -28,6 +30,7 @@ def test_whole_path_on_a_stock_detector():
     assert float(row['params_cut'].rstrip(' %')) > 10 and row['stage'] == ''
 
 
+@pytest.mark.slow
 def test_refusal_is_one_line():
     row = backbone_sweep.sweep_backbone('ShuffleNetV1 0.5x', 'mmpretrain',
                                         dict(type='ShuffleNetV1', widen_factor=0.5), 64)
@@ -72,6 +75,7 @@ def test_store_summary_and_readme(tmp_path):
         backbone_sweep.update_readme(str(tmp_path / 'R2.md'), ordered, 0.5)
 
 
+@pytest.mark.slow
 def test_res2net_prunes_through_its_concats():
     """The last 3x3 conv of each Res2Net block feeds ``cat((cat(...), spx[-1]))``: its concat offsets
     are now known (the split chunk's width), so those convs are pruned; the split stays kept."""
@@ -96,6 +100,7 @@ def test_res2net_prunes_through_its_concats():
     assert net(x)[0].shape == ref
 
 
+@pytest.mark.slow
 def test_repvgg_prunes_in_deploy_form():
     import torch
     from mmengine.config import Config
@@ -122,6 +127,7 @@ def test_repvgg_prunes_in_deploy_form():
     assert not reparameterize(model, cfg)  # already fused
 
 
+@pytest.mark.slow
 def test_repvgg_through_the_runner_prunes_the_fused_form_and_exports_deploy(tmp_path):
     """tools/train.py on a RepVGG config: the teacher keeps its training form (DeepInversion needs
     its BN layers), the student is the fused form pruned, and the export config says deploy=True

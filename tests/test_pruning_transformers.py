@@ -27,6 +27,7 @@ CASES = {
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', list(CASES))
 def test_ffn_hidden_units_are_pruned_and_nothing_else(case):
     scope, cfg, size, (fc1_suffix, fc2_suffix) = CASES[case]

@@ -103,6 +103,7 @@ def test_bad_dfbf_block(tmp_path, teacher_ckpt, changes, message):
         _build(tmp_path, teacher_ckpt, **changes)
 
 
+@pytest.mark.slow
 def test_train_tool_prints_one_line(tmp_path):
     cfg_file = tmp_path / 'cfg.py'
     cfg_file.write_text(STOCK.format(ckpt=tmp_path / 'missing.pth'))

@@ -32,6 +32,7 @@ def digits(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', list(TASKS))
 def test_task_through_runner_and_stock_test_tool(task, digits, tmp_path):
     package, key, preset, size, sparsity = TASKS[task]

@@ -39,6 +39,7 @@ def test_loss_shorthands_fill_the_default_loss():
                           synthetic_data=dict(image_size=64)))['synthetic_data']['image_size'] == (64, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', sorted(glob.glob(osp.join(REPO, 'configs', 'dfbf_*.py'))), ids=osp.basename)
 def test_stock_config_undoes_the_rewrite(path):
     cfg = Config.fromfile(path)

@@ -79,6 +79,7 @@ def metric_value(output: str, key: str) -> float:
     return float(values[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
 def test_shipped_config_end_to_end(path, data_root, tmp_path):
     cfg = Config.fromfile(path)

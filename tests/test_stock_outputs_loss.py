@@ -63,6 +63,7 @@ def _stock(path, **backbone):
     return build_stock_model(cfg).eval()
 
 
+@pytest.mark.slow
 def test_detector_outputs_one_stage_head_two_stage_rpn_detr_neck():
     x = torch.randn(2, 3, 64, 64)
     yolox = _stock('configs/benchmarks/digits_det_teacher.py')

@@ -228,6 +228,7 @@ def test_batch_statistics_match_the_per_channel_definition():
         assert torch.allclose(g_fused, g_ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager_and_compiles_once():
     """compile=True: the same loss as eager (float rounding aside), one compiled graph for every
     batch and phase (no recompilation per batch: new BN hooks are arguments), its own cache key."""

@@ -69,6 +69,7 @@ model = dict(type='ImageClassifier',
 """
 
 
+@pytest.mark.slow
 def test_distiller_gives_teacher_and_student_the_same_view(tmp_path, monkeypatch):
     cfg = Config.fromstring(STOCK, '.py')
     torch.save({'state_dict': build_stock_model(cfg).state_dict()}, tmp_path / 't.pth')

@@ -18,6 +18,8 @@ from dfbf_mm.stock_model import build_stock_model
 
 from tiny_data import imagenet_style_folder
 
+pytestmark = pytest.mark.slow  # every test reads one end-to-end run (skeleton_run)
+
 STOCK_CFG = """
 default_scope = 'mmpretrain'
 custom_imports = dict(imports=['dfbf_mm'], allow_failed_imports=False)
