@@ -20,3 +20,16 @@ test-quick: setup
 
 clean:
 	rm -rf work_dirs .pytest_cache
+
+# The oldest tested stack (torch 2.1.2, numpy 1.24, mmcv 2.1.0, mmdeploy 1.3.1) in .venv-torch2.1:
+# its demo and the whole test suite, tests/test_mmdeploy.py included (docs/install.md).
+PY21 := .venv-torch2.1/bin/python
+
+.PHONY: setup-torch2.1 test-torch2.1
+
+setup-torch2.1:
+	@DFBF_STACK=torch2.1 bash tools/setup_env.sh
+
+test-torch2.1: setup-torch2.1
+	$(PY21) -m tools.demo --work-dir work_dirs/demo_t21
+	$(PY21) -m pytest -q tests
