@@ -309,6 +309,10 @@ def collect(args):
         results[key] = record
         run.save_results(results, path)
 
+    cmds = results.setdefault(f'{budget}|commands', dict(list=[]))['list']
+    if command() not in cmds:
+        cmds.append(command())
+    results[f'{budget}|machine'] = machine()
     s = None
     for seed in args.seeds:
         r = ours(args, seed, args.methods + ['dfbf'])  # dfbf makes the synthetic cache
@@ -432,18 +436,34 @@ def beats(means):
     return out or [f'- No peer row is above ours ({ours_m:.2f}) at this budget.']
 
 
-def write_doc(args, results):
+def machine() -> dict:
     import torch
+    cpu = ''
+    if osp.isfile('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
+    return dict(cpu=cpu or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
+                python=platform.python_version())
+
+
+def command() -> str:
+    return ' '.join(['python -m tools.benchmarks.peers'] + sys.argv[1:])
+
+
+def write_doc(args, results):
     budget = 'quick' if args.quick else 'full'
     tab, means, teacher = table(results, budget)
     pruned = (results.get(f'{budget}|pruned') or {}).get('metric')
-    cmd = 'python -m tools.benchmarks.peers ' + ' '.join(sys.argv[1:])
+    cmds = (results.get(f'{budget}|commands') or {}).get('list') or [command()]
+    env = results.get(f'{budget}|machine') or machine()
     head = [
         '# Side by side with the peers: mmrazor and Torch-Pruning (digits classifier)', '',
-        f'Written by `{cmd.strip()}` (tools/benchmarks/peers.py; budget `{budget}`), '
-        f'{datetime.date.today().isoformat()}, on {platform.machine()} / {os.cpu_count()} CPU cores '
-        f'(shared with other jobs, so wall times are noisy), torch {torch.__version__}, python '
-        f'{platform.python_version()}.', '',
+        'Produced by these commands of tools/benchmarks/peers.py (in this order; all add rows to one '
+        f'`results.json`, budget `{budget}`), this page by the last: '
+        + '; '.join(f'`{c}`' for c in cmds + ([command()] if command() not in cmds else [])) + '. '
+        f'{datetime.date.today().isoformat()}; the runs on {env["cpu"]}, {env["cores"]} cores '
+        f'(shared with other jobs, so wall times are noisy; one thread per process), torch '
+        f'{env["torch"]}, python {env["python"]}.', '',
         f'Teacher: `checkpoints/digits_cls_teacher.pth`, top-1 {teacher:.2f} on the test split '
         f'(360 images). Student: our uniform L1 row at sparsity {args.sparsity:g} '
         f'(tools/benchmarks/run.py), {pruned:.2f} before fine-tuning.' if teacher is not None and pruned is not None else '',
