@@ -277,7 +277,7 @@ def mmrazor_row(args, method, init, seed, student_path, passes, seconds):
            '--master_port', str(port), '-m', 'tools.benchmarks.peers_mmrazor',
            '--method', method, '--init', init, '--student', student_path, '--iters', str(iters),
            '--seed', str(seed), '--data', args.data, '--work-dir', wd, '--result', result,
-           '--max-seconds', f'{seconds:.1f}']
+           ] + (['--max-seconds', f'{seconds:.1f}'] if seconds else [])
     with open(osp.join(wd, 'log.txt'), 'w') as log:
         rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if rc != 0 or not osp.isfile(result):
