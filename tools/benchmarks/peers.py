@@ -264,7 +264,7 @@ def run_test_cfg(args):
 
 def mmrazor_row(args, method, init, seed, student_path, passes, seconds):
     """One mmrazor run in its own process under the pytorch launcher; returns its record."""
-    from tools.benchmarks.peers_mmrazor import CONFIGS, mmrazor_config, teacher_passes_per_iter
+    from tools.benchmarks.peers_mmrazor import mmrazor_config, teacher_passes_per_iter
     cfg = mmrazor_config(method)
     batch = cfg['train_dataloader']['batch_size']
     per_iter = teacher_passes_per_iter(method, batch, cfg['model'].get('student_iter', 1))
@@ -375,7 +375,8 @@ LABELS = {
     'real': 'real-data bound (our pruned model, same loss, real train split)',
     'dafl:pruned': 'mmrazor DAFL, pruned student', 'dfad:pruned': 'mmrazor DFAD, pruned student',
     'zskt:pruned': 'mmrazor ZSKT, pruned student',
-    'dafl:scratch': 'mmrazor DAFL, student from scratch', 'dfad:scratch': 'mmrazor DFAD, student from scratch',
+    'dafl:scratch': 'mmrazor DAFL, student from scratch',
+    'dfad:scratch': 'mmrazor DFAD, student from scratch',
     'zskt:scratch': 'mmrazor ZSKT, student from scratch',
     'tp-l1+dfbf': 'Torch-Pruning L1 (all groups) + KD on our synthetic images',
     'tp-l1+real': 'Torch-Pruning L1 (all groups) + fine-tuning on real data',
@@ -422,7 +423,8 @@ def table(results, budget):
             label(m), f'{100 * (1 - macs / full):.1f} %' if full and macs else '',
             ', '.join(f'{v:.2f} ({sd})' for v, (sd, _) in zip(vals, recs)), f'{mean:.2f}',
             f'{100 * mean / teacher:.1f}' if teacher else '', f'{per:.1f}', f'{round(total):,}',
-            f'{wall:.0f}', f'{mean - real_mean:+.2f}' if real_mean is not None and m != 'real' else '']) + ' |')
+            f'{wall:.0f}',
+            f'{mean - real_mean:+.2f}' if real_mean is not None and m != 'real' else '']) + ' |')
     return '\n'.join(lines), means, teacher
 
 
@@ -466,7 +468,8 @@ def write_doc(args, results):
         f'{env["torch"]}, python {env["python"]}.', '',
         f'Teacher: `checkpoints/digits_cls_teacher.pth`, top-1 {teacher:.2f} on the test split '
         f'(360 images). Student: our uniform L1 row at sparsity {args.sparsity:g} '
-        f'(tools/benchmarks/run.py), {pruned:.2f} before fine-tuning.' if teacher is not None and pruned is not None else '',
+        f'(tools/benchmarks/run.py), {pruned:.2f} before fine-tuning.'
+        if teacher is not None and pruned is not None else '',
         '',
         '**Matched budget: wall time.** Each mmrazor run stops after the iteration that spends '
         'the wall time of our `dfbf` row (synthesis + fine-tuning, seed 0); its lr schedule is '
