@@ -6,11 +6,11 @@
   and its weights-only unpickler cannot be extended with what MMEngine checkpoints hold (numpy
   arrays and ``HistoryBuffer`` objects need BUILD / NEWOBJ on types it refuses). There,
   :func:`safe_load` unpickles with a ``pickle.Unpickler`` whose ``find_class`` resolves only
-  torch's own weights-only globals plus the allow-list given to :func:`add_safe_globals` (any
-  other global is a one-line ``UnpicklingError``), and MMEngine's loader of local checkpoint files
-  is pointed at it, so ``load_checkpoint`` / ``load_from`` / ``resume`` are as strict as on
-  torch >= 2.6. ``torch.load(path, weights_only=True)`` itself stays torch's: on torch < 2.6
-  it refuses MMEngine runner checkpoints (use :func:`safe_load`).
+  torch's own weights-only globals (with those torch 2.14 adds) plus the allow-list given to
+  :func:`add_safe_globals` (any other global is a one-line ``UnpicklingError``), and MMEngine's
+  loader of local checkpoint files is pointed at it, so ``load_checkpoint`` / ``load_from`` /
+  ``resume`` are as strict as on torch >= 2.6. ``torch.load(path, weights_only=True)`` itself
+  stays torch's: on torch < 2.6 it refuses MMEngine runner checkpoints (use :func:`safe_load`).
 - ``torch.onnx.export``: ``dynamo=False`` (the TorchScript exporter) only where the keyword
   exists (torch >= 2.5); older releases have no other exporter behind ``torch.onnx.export``.
 - ``torch.compile``: :func:`compile_fn` raises one line naming the release it needs.
