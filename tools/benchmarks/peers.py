@@ -320,7 +320,8 @@ def collect(args):
         results[f'{budget}|teacher'] = r[f'{budget}|cls|teacher']
         results[f'{budget}|pruned'] = r[f'{base}|pruned']
         for m in ('dfbf', 'real'):
-            save(f'{budget}|{seed}|{m}', dict(r[f'{base}|{m}']))
+            if f'{base}|{m}' in r:
+                save(f'{budget}|{seed}|{m}', dict(r[f'{base}|{m}']))
         if s is None:
             s = setting(args)
             st = s['dataset'].stats
