@@ -11,8 +11,9 @@ benchmark's ``uniform`` L1 row at ``--sparsity`` (tools/benchmarks/run.py), and 
 * ``dafl`` / ``dfad`` / ``zskt`` (``:pruned`` and ``:scratch``): mmrazor 1.0.0's data-free
   distillation through its own code and shipped configs (tools/benchmarks/peers_mmrazor.py, one
   process under the pytorch launcher, gloo), the pruned student as its student, initialised
-  from the pruned weights or re-initialised; its iterations set so that it spends the teacher
-  forward passes our ``dfbf`` run spent (synthesis + fine-tuning);
+  from the pruned weights or re-initialised; stopped once it has spent our ``dfbf`` row's wall
+  time (synthesis + fine-tuning), its schedule laid out for the iterations that spend our row's
+  teacher forward passes (``--mmrazor-budget passes``: that whole schedule, no time limit);
 * ``tp-l1+dfbf`` / ``tp-l1+real``: Torch-Pruning's own L1 (``MagnitudeImportance(p=1)`` +
   ``MagnitudePruner``, every prunable group, residual channels included) of the same model to
   the same backbone MACs cut, fine-tuned with our schedule on our synthetic images (logit KD
