@@ -30,7 +30,7 @@ SETTINGS_DOC = {
     'amp': 'bf16 autocast where the device runs it natively (CUDA compute capability >= 8.0), else fp32',
     'compile': "torch.compile the teacher's forward and the loss terms of a step, compiled once per "
                'teacher and image size (a one-off compile, then 1.5-1.6x the steps per second of the '
-               'digits detector on one CPU thread, docs/synthesis_methods.md; needs a C++ '
+               'digits detector on one CPU thread, docs/detection_synthesis.md; needs a C++ '
                'compiler on CPU; float rounding differs from eager, so it is part of the cache key; online '
                'rounds with an adversary run eager)',
     'init_std': 'std of the N(0, std^2) starting noise in normalised space (reference: 1)',
