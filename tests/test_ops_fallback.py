@@ -219,7 +219,11 @@ def test_meta_device_reaches_torchvision_not_mmcv(tv_calls):
     grad, = torch.autograd.grad(out.sum(), x)
     assert grad.shape == x.shape
     dcn = ops.DeformConv2dPack(4, 6, 3, padding=1).to('meta')
-    assert dcn(x).shape == (2, 6, 16, 16)
+    if torchvision.__version__.startswith('0.16.'):  # the torch 2.1 stack: no meta kernel there yet
+        with pytest.raises(NotImplementedError, match="torchvision::deform_conv2d' with arguments from the 'Meta'"):
+            dcn(x)
+    else:
+        assert dcn(x).shape == (2, 6, 16, 16)
     assert tv_calls == ['nms', 'nms', 'roi_align', 'deform_conv2d']
     with forced('mmcv'):  # without the fallback: mmcv's dispatcher has nothing for meta
         with pytest.raises(RuntimeError, match='nms_impl: implementation for device meta not found'):
