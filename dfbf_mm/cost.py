@@ -62,20 +62,39 @@ def _attention_inputs_by_keyword(model: nn.Module):
             h.remove()
 
 
+def _linear_hook(images: int):
+    """Torch-Pruning's ``nn.Linear`` count with the bias once per image instead of once per call
+    (as at batch 1), so that a token model's MACs per image do not depend on the batch."""
+    def count(module, inputs, output):
+        op_counter.linear_flops_counter_hook(module, inputs, output)
+        if module.bias is not None:
+            module.__flops__ += (images - 1) * output.shape[-1]
+    return count
+
+
 def _count(backbone: nn.Module, inputs: torch.Tensor, layer_wise: bool = False):
     """``torch_pruning.utils.count_ops_and_params`` with layers matched by ``isinstance`` (the one
     place MACs are counted): a subclass of a counted layer type (conv, linear, norm, activation,
     pooling ...) is counted like its base class, and keyword-called attention from its q/k/v. A
     counted layer is counted once per call, as itself: the layers inside it are not added again,
-    so a conv subclass that wraps another conv counts once. Eval mode, no gradients."""
-    saved = op_counter.CUSTOM_MODULES_MAPPING
+    so a conv subclass that wraps another conv counts once. Eval mode, no gradients. MACs per
+    image, the per-layer ones too (Torch-Pruning divides only the total by the batch)."""
+    saved, images = op_counter.CUSTOM_MODULES_MAPPING, len(inputs)
+    hooks = {nn.Linear: op_counter.linear_flops_counter_hook, **_subclass_hooks(backbone)}
+    linear = _linear_hook(images)
     try:
         with eval_mode(backbone), torch.no_grad(), _attention_inputs_by_keyword(backbone) as attention:
             # count_ops_and_params reads this module global and resets it to {} when it is done
-            op_counter.CUSTOM_MODULES_MAPPING = {**_subclass_hooks(backbone), **attention, **saved}
-            return tp.utils.count_ops_and_params(backbone, inputs, layer_wise=layer_wise)
+            op_counter.CUSTOM_MODULES_MAPPING = {
+                **{t: linear if h is op_counter.linear_flops_counter_hook else h for t, h in hooks.items()},
+                **attention, **saved}
+            out = tp.utils.count_ops_and_params(backbone, inputs, layer_wise=layer_wise)
     finally:
         op_counter.CUSTOM_MODULES_MAPPING = saved
+    if layer_wise:
+        macs, params, layer_macs, layer_params = out
+        out = macs, params, {m: v if v is None else v / images for m, v in layer_macs.items()}, layer_params
+    return out
 
 
 def count_macs_params(backbone: nn.Module, inputs: torch.Tensor) -> Tuple[int, int]:
@@ -123,7 +142,7 @@ class CostModel:
 
     def __init__(self, backbone: nn.Module, example: torch.Tensor, trace):
         types = _counter_types(backbone)
-        macs, params, layer_macs, _ = _count(backbone, example, layer_wise=True)  # as count_macs_params
+        macs, params, layer_macs, _ = _count(backbone, example, layer_wise=True)  # per image
         self.macs, self.params = float(macs), float(params)
         self.widths = [g.width for g in trace.prunable]
         leaves = _leaves(backbone, types)
