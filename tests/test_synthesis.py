@@ -204,7 +204,8 @@ def test_one_line_errors(model):
     with pytest.raises(ValueError, match=r'^image_size: \(4, 4\) is smaller than the total stride 8'):
         run(model, image_size=(4, 4))
     no_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    with pytest.raises(ValueError, match='^target: Sequential has no BatchNorm layers; DeepInversion needs BN'):
+    with pytest.raises(ValueError, match="^target: Sequential has neither BatchNorm layers \\(prior 'bn'\\) nor LayerNorm"
+                                                  "/GroupNorm layers \\(prior 'patch'\\); inversion has no prior"):
         DeepInversionSynthesizer().synthesize(no_bn, 2, (8, 8), pixel_range(model), seed=0)
     for retired in ('adi_weight', 'box_weight', 'warm_iterations'):  # settings that went
         with pytest.raises(ValueError, match=f'^{retired}: not a DeepInversion setting; known settings: '):

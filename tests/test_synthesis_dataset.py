@@ -125,8 +125,10 @@ def test_corrupt_and_mismatched_files_regenerated(tmp_path, teacher, caplog):
 def test_cache_keys_of_kept_settings_stay(tmp_path, teacher, synth, key):
     """Caches made before settings were added or retired keep hitting: these keys are pinned."""
     from dfbf_mm.stock_model import pixel_range
+    from dfbf_mm.synthesis import inversion_target
     lo, hi = pixel_range(teacher)
-    assert make(tmp_path, synthesizer=synth)._cache_key(teacher, 'classification', 5, lo, hi) == key
+    target = inversion_target(teacher, 'classification')
+    assert make(tmp_path, synthesizer=synth)._cache_key(teacher, target, 'classification', 5, lo, hi) == key
 
 
 def test_invert_choice_is_part_of_the_cache_key(tmp_path, teacher):

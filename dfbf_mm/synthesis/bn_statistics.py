@@ -55,6 +55,8 @@ class BNStatisticsLoss:
     removed, also when the forward raises.
     """
 
+    name = 'bn'  # the key of its term in the synthesizers' stats (the patch prior's: 'patch')
+
     def __init__(self, module: nn.Module, first_bn_multiplier: float = 1.0, field: str = 'target'):
         self.layers = require_bn_layers(module, field)
         self.first_bn_multiplier = float(first_bn_multiplier)

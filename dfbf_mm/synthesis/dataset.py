@@ -108,7 +108,7 @@ class SyntheticImageDataset(Dataset):
         target = inversion_target(teacher_model, task, self.invert)
         lo, hi = pixel_range(teacher_model)
         num_classes = self.num_classes or (num_classes_of(teacher_model) if task == 'classification' else None)
-        self.cache = BatchCache(self.cache_dir, self._cache_key(teacher_model, task, num_classes, lo, hi))
+        self.cache = BatchCache(self.cache_dir, self._cache_key(teacher_model, target, task, num_classes, lo, hi))
         self.task, self.label_classes = task, num_classes  # the labels of batches added online
         self._shape = (self.batch_size, lo.shape[0], *self.image_size)
         self._batches = {}
@@ -130,9 +130,9 @@ class SyntheticImageDataset(Dataset):
         self._log_passes()
         return done
 
-    def _cache_key(self, teacher_model, task, num_classes, lo, hi) -> str:
+    def _cache_key(self, teacher_model, target, task, num_classes, lo, hi) -> str:
         """Hash of the teacher's weights and everything that shapes the images."""
-        config = self.synthesizer.config() if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
+        config = self.synthesizer.config(target) if hasattr(self.synthesizer, 'config') else repr(self.synthesizer)
         return cache_key(hash_state_dict(teacher_model.state_dict()), synthesizer=config, seed=self.seed,
                          image_size=self.image_size, batch_size=self.batch_size, task=task,
                          chain_length=1,  # a retired setting at its one value: earlier caches still hit

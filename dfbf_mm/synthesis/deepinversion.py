@@ -22,6 +22,7 @@ from ..registry import SYNTHESIZERS
 from ..utils import eval_mode, first_line
 from .bn_statistics import BNStatisticsLoss
 from .inversion_target import check_image_size
+from .patch_similarity import PRIORS, PatchSimilarityLoss, resolve_prior, without_unused_prior
 from .presets import NEUTRAL_SETTINGS, RETIRED_SETTINGS, get_preset, with_overrides
 from .priors import TV_NORMS, l2_prior, total_variation
 
@@ -57,12 +58,32 @@ def class_term(out, labels: Optional[torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(out.float(), labels)
 
 
-def inversion_terms(s: dict, bn_loss, xj: torch.Tensor, out, labels) -> Dict[str, torch.Tensor]:
+def prior_hooks(target: nn.Module, s: dict, field: str = 'target'):
+    """The hooks of the inversion prior on ``target``: BN statistics or, for a target without
+    BatchNorm (``prior='auto'``) or by name (``prior='patch'``), the patch-similarity prior."""
+    if resolve_prior(target, s['prior']) == 'patch':
+        return PatchSimilarityLoss(target, s['patch_tokens'], field)
+    return BNStatisticsLoss(target, s['first_bn_multiplier'], field)
+
+
+def check_prior_settings(s: dict) -> None:
+    """One-line errors for the prior's settings (both synthesizers)."""
+    if s['prior'] not in PRIORS:
+        raise ValueError(f"prior: {s['prior']!r} is not one of {', '.join(PRIORS)}")
+    if not (isinstance(s['patch_weight'], (int, float)) and s['patch_weight'] >= 0):
+        raise ValueError(f"patch_weight: must be a non-negative number, got {s['patch_weight']!r}")
+    if not (isinstance(s['patch_tokens'], int) and s['patch_tokens'] >= 3):
+        raise ValueError(f"patch_tokens: must be an integer >= 3, got {s['patch_tokens']!r}")
+
+
+def inversion_terms(s: dict, prior, xj: torch.Tensor, out, labels) -> Dict[str, torch.Tensor]:
     """The unweighted loss terms of one teacher forward on ``xj`` and their weighted sum ``loss``:
-    BN statistics (``bn_loss``, hooked on the teacher), total variation (``tv_norm``), l2 and,
-    for logits, CE; the weights are the settings ``s``' (both synthesizers)."""
-    terms = dict(bn=bn_loss.loss(), tv=total_variation(xj, s['tv_norm']), l2=l2_prior(xj))
-    loss = s['bn_weight'] * terms['bn'] + s['tv_weight'] * terms['tv'] + s['l2_weight'] * terms['l2']
+    the prior (``prior``, hooked on the teacher: BN statistics ``bn`` or patch similarity
+    ``patch``), total variation (``tv_norm``), l2 and, for logits, CE; the weights are the
+    settings ``s``' (both synthesizers)."""
+    terms = {prior.name: prior.loss(), 'tv': total_variation(xj, s['tv_norm']), 'l2': l2_prior(xj)}
+    loss = (s[f'{prior.name}_weight'] * terms[prior.name] + s['tv_weight'] * terms['tv']
+            + s['l2_weight'] * terms['l2'])
     if s['ce_weight'] > 0 and (labels is not None or is_logits(out)):
         terms['ce'] = class_term(out, labels)
         loss = loss + s['ce_weight'] * terms['ce']
@@ -127,6 +148,7 @@ class DeepInversionSynthesizer:
             raise ValueError(f"lr_schedule: {s['lr_schedule']!r} is not 'constant' or 'cosine'")
         if s['tv_norm'] not in TV_NORMS:
             raise ValueError(f'tv_norm: {s["tv_norm"]!r} is not one of {", ".join(TV_NORMS)}')
+        check_prior_settings(s)
         s['betas'] = tuple(float(b) for b in s['betas'])
 
     @property
@@ -135,14 +157,16 @@ class DeepInversionSynthesizer:
         s = self.settings
         return s['iterations'] + s['half_res_iterations'] + s['coarse_iterations']
 
-    def config(self) -> dict:
-        """The fully resolved settings (what changes the images), for cache keys and logs.
+    def config(self, target: Optional[nn.Module] = None) -> dict:
+        """The fully resolved settings (what changes the images) for inverting ``target``, for
+        cache keys and logs.
 
         Settings added after the reference are left out while they hold their neutral value
         (the reference's behaviour), so adding one does not invalidate existing caches; the
-        retired ones keep their one value there for the same reason.
+        retired ones keep their one value there for the same reason; the patch prior's settings
+        appear only where it runs (:func:`without_unused_prior`).
         """
-        settings = {k: v for k, v in self.settings.items()
+        settings = {k: v for k, v in without_unused_prior(self.settings, target).items()
                     if not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
         return dict(type=type(self).__name__, **RETIRED_SETTINGS, **settings)
 
@@ -209,7 +233,7 @@ class DeepInversionSynthesizer:
             if id(target) not in self._compiled:  # built once: not a new wrapper every batch
                 self._compiled[id(target)] = CompiledStep(target)
             forward_terms = self._compiled[id(target)]
-        bn_hooks = BNStatisticsLoss(target, s['first_bn_multiplier'])
+        bn_hooks = prior_hooks(target, s)
         passes = student_passes = 0
         terms: Dict[str, torch.Tensor] = {}
         start = time.perf_counter()
@@ -247,9 +271,9 @@ class DeepInversionSynthesizer:
             with torch.no_grad():
                 bn_hooks.reset()
                 target(x)
-                bn_eval = bn_hooks.loss().item()
+                prior_eval = bn_hooks.loss().item()
         stats = {k: float(v.detach().item()) for k, v in terms.items()}
-        stats.update(bn_eval=bn_eval, teacher_passes=passes, student_passes=student_passes,
+        stats.update({f'{bn_hooks.name}_eval': prior_eval}, teacher_passes=passes, student_passes=student_passes,
                      seconds=time.perf_counter() - start)
         return x.detach(), stats
 
@@ -329,4 +353,4 @@ class CompiledStep:
         return result
 
 
-__all__ = ['DeepInversionSynthesizer', 'CompiledStep', 'inversion_terms', 'frozen_eval']
+__all__ = ['DeepInversionSynthesizer', 'CompiledStep', 'inversion_terms', 'prior_hooks', 'frozen_eval']

@@ -42,7 +42,9 @@ from ..device import autocast_for, cpu_seeded
 from ..registry import SYNTHESIZERS
 from .bn_statistics import BNStatisticsLoss, batch_statistics
 from .cache import atomic_save, load_state
-from .deepinversion import DeepInversionSynthesizer, check_batch_shape, frozen_eval, inversion_terms
+from .deepinversion import (DeepInversionSynthesizer, check_batch_shape, check_prior_settings, frozen_eval,
+                            inversion_terms, prior_hooks)
+from .patch_similarity import PATCH_SETTINGS, resolve_prior, without_unused_prior
 from .inversion_target import check_image_size
 from .presets import GENERATOR_SETTINGS_DOC, get_generator_preset, with_overrides
 from .priors import TV_NORMS
@@ -206,7 +208,10 @@ class _Stream:
             labels = labels.to(device).long()
         if meta.num_classes and labels is None:
             raise ValueError('conditional: a class-conditional generator needs labels (classification)')
-        bn = MomentumBNLoss(target, s['first_bn_multiplier'], s['bn_momentum'], self.buffers)
+        if resolve_prior(target, s['prior']) == 'bn':
+            bn = MomentumBNLoss(target, s['first_bn_multiplier'], s['bn_momentum'], self.buffers)
+        else:  # no statistics to carry across batches
+            bn = prior_hooks(target, s)
         best = None
         steps = self.steps()
         student_passes = 0
@@ -231,7 +236,7 @@ class _Stream:
                 terms['loss'].backward()
                 value = float(terms['loss'].item())
                 if best is None or s['keep'] == 'last' or value < best[0]:
-                    best = (value, x.detach().clone(), list(bn.current),
+                    best = (value, x.detach().clone(), list(getattr(bn, 'current', ())),
                             {k: float(v.detach().item()) for k, v in terms.items()})
                 if s['meta'] == 'fomaml':
                     for pm, pf in zip(meta_params, fast_params):
@@ -252,7 +257,8 @@ class _Stream:
             else:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.buffers = bn.update(best[2])
+            if isinstance(bn, MomentumBNLoss):
+                self.buffers = bn.update(best[2])
             images = best[1]
             if self.refiner is not None:  # per-pixel steps from the generated images
                 images, refined = self.refiner.synthesize(target, batch_size, tuple(images.shape[2:]),
@@ -262,13 +268,13 @@ class _Stream:
                 student_passes += int(refined['student_passes'])
                 if bar is not None:
                     bar.update(int(refined['teacher_passes']))
-            with torch.no_grad():  # the plain BN loss of the kept images (as DeepInversion's bn_eval)
-                plain = BNStatisticsLoss(target, s['first_bn_multiplier'])
+            with torch.no_grad():  # the plain prior loss of the kept images (as DeepInversion's bn_eval)
+                plain = prior_hooks(target, s)
                 with plain:
                     target(images)
-                    bn_eval = plain.loss().item()
+                    prior_eval = plain.loss().item()
         self.done += 1
-        stats = dict(best[3], bn_eval=bn_eval, teacher_passes=steps, student_passes=student_passes,
+        stats = dict(best[3], **{f'{plain.name}_eval': prior_eval}, teacher_passes=steps, student_passes=student_passes,
                      seconds=time.perf_counter() - start)
         return images, stats
 
@@ -308,6 +314,7 @@ class GeneratorSynthesizer:
                 raise ValueError(f'{key}: must be a non-negative number, got {s[key]!r}')
         if s['tv_norm'] not in TV_NORMS:
             raise ValueError(f'tv_norm: {s["tv_norm"]!r} is not one of {", ".join(TV_NORMS)}')
+        check_prior_settings(s)
         if not (isinstance(s['bn_momentum'], (int, float)) and 0 <= s['bn_momentum'] < 1):
             raise ValueError(f'bn_momentum: must be in [0, 1), got {s["bn_momentum"]!r}')
         if 0 < s['max_passes_per_image'] < s['steps'] + s['refine_steps']:
@@ -334,19 +341,21 @@ class GeneratorSynthesizer:
         return DeepInversionSynthesizer(
             preset='fast', iterations=s['refine_steps'], settle_iters=s['refine_steps'] // 2,
             half_res_iterations=0, coarse_iterations=0, warmup_iters=0, lr=s['refine_lr'],
-            ce_weight=s['ce_weight'], amp=s['amp'])
+            ce_weight=s['ce_weight'], amp=s['amp'], **{k: s[k] for k in PATCH_SETTINGS})
 
     @property
     def passes_per_batch(self) -> int:
         """Teacher forward+backward passes of a batch after a stream's first."""
         return self.settings['steps'] + self.settings['refine_steps']
 
-    def config(self) -> dict:
-        """The fully resolved settings (what changes the images), for cache keys and logs.
+    def config(self, target: Optional[nn.Module] = None) -> dict:
+        """The fully resolved settings (what changes the images) for inverting ``target``, for
+        cache keys and logs.
 
         Without refinement its settings are left out, and so is ``tv_norm`` at its first value
-        'l2', so caches made before they existed hit."""
-        settings = dict(self.settings)
+        'l2' and the patch prior's settings where it does not run, so caches made before they
+        existed hit."""
+        settings = without_unused_prior(self.settings, target)
         if not settings['refine_steps']:
             del settings['refine_steps'], settings['refine_lr']
         if settings['tv_norm'] == 'l2':

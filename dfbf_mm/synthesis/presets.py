@@ -8,6 +8,17 @@ are used. Measured against the reference by tools/benchmarks/synthesis_speed.py
 """
 import copy
 
+# The inversion prior, the same settings in both synthesizers.
+PRIOR_SETTINGS_DOC = {
+    'prior': "what the images must satisfy inside the teacher: 'bn' (BatchNorm running statistics), "
+             "'patch' (patch-similarity entropy at the LayerNorm/GroupNorm inputs, PSAQ-ViT; for "
+             "models without BN) or 'auto' ('bn' when the inversion target has BN layers, else "
+             "'patch')",
+    'patch_weight': "weight of the patch prior (prior 'patch')",
+    'patch_tokens': 'tokens per image (evenly spaced) in the patch prior\'s similarity matrix',
+}
+_PRIOR = dict(prior='auto', patch_weight=1.0, patch_tokens=128)
+
 # Every setting a synthesizer understands, with its meaning; a preset gives each a value.
 SETTINGS_DOC = {
     'iterations': 'Adam steps at full resolution',
@@ -38,6 +49,7 @@ SETTINGS_DOC = {
                          'upsampled into the network (0: none)',
     'coarse_factor': 'down-sampling factor of the coarse phase',
     'settle_iters': 'last steps of the last phase without jitter and flip (the images as used)',
+    **PRIOR_SETTINGS_DOC,
 }
 
 # Settings that are new since the reference, with values that leave its behaviour unchanged.
@@ -50,13 +62,13 @@ _CLASSIFICATION = dict(
     iterations=2000, half_res_iterations=0, lr=0.1, betas=(0.9, 0.99), lr_schedule='cosine',
     warmup_iters=100, jitter=2, half_res_jitter=1, flip=False, bn_weight=10.0,
     first_bn_multiplier=1.0, tv_weight=1e-3, tv_norm='l2', l2_weight=0.0, ce_weight=1.0,
-    amp=True, **NEUTRAL_SETTINGS)
+    amp=True, **_PRIOR, **NEUTRAL_SETTINGS)
 
 _DETECTION = dict(
     iterations=1000, half_res_iterations=2000, lr=0.25, betas=(0.5, 0.9), lr_schedule='constant',
     warmup_iters=0, jitter=30, half_res_jitter=15, flip=True, bn_weight=0.01,
     first_bn_multiplier=10.0, tv_weight=1e-4, tv_norm='l2', l2_weight=1e-5, ce_weight=0.0,
-    amp=True, **NEUTRAL_SETTINGS)
+    amp=True, **_PRIOR, **NEUTRAL_SETTINGS)
 
 _FAST = dict(_CLASSIFICATION, iterations=200, lr=0.25, warmup_iters=10, settle_iters=100)
 
@@ -111,6 +123,7 @@ GENERATOR_SETTINGS_DOC = {
     'refine_steps': "per-pixel DeepInversion steps on each batch's generated images after the "
                     "generator's (counted as passes; 0: none)",
     'refine_lr': 'Adam lr of those steps (the `fast` preset otherwise)',
+    **PRIOR_SETTINGS_DOC,
 }
 
 _GEN_CLASSIFICATION = dict(
@@ -118,7 +131,7 @@ _GEN_CLASSIFICATION = dict(
     lr_z=0.015, betas=(0.5, 0.999), meta='fomaml', meta_lr=None, reset_latent_layer=False,
     conditional=True,
     bn_momentum=0.9, bn_weight=10.0, first_bn_multiplier=1.0, ce_weight=2.0, tv_weight=0.0,
-    tv_norm='l2', l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True, refine_steps=0, refine_lr=0.05)
+    tv_norm='l2', l2_weight=0.0, jitter=2, flip=False, keep='best', amp=True, refine_steps=0, refine_lr=0.05, **_PRIOR)
 # pose: no logits; a 16-wide generator (the 64-wide one cost 5x the digits teacher per step at
 # 128 px), Reptile steps all the way to the adapted weights, lighter BN momentum, and a longer
 # first batch (90 + 7 x 10 = 20 passes per image over a stream of 8 batches).
