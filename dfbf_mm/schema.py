@@ -218,7 +218,8 @@ SYNTHETIC_DATA = Block('dfbf.synthetic_data', 'the synthetic training images', [
     Option('num_classes', None, "classes of the balanced CE labels (default: the classifier head's)",
            integer(1, allow_none=True)),
     Option('invert', 'auto', "what is inverted: 'auto' (a detector's / pose model's backbone, a "
-           "whole classifier), 'backbone', or 'model' (the whole forward, neck and head BN too)",
+           "whole classifier), 'backbone', or 'model' (the whole forward: the neck's and head's "
+           "norm layers too)",
            one_of(*INVERT)),
 ])
 
@@ -343,7 +344,12 @@ DFBF = Block('dfbf', 'the experiment', [
            "'fast' (1/10 of the teacher passes, docs/synthesis_speed.md); or "
            "GeneratorSynthesizer(preset=..., **settings), a meta-learned generator at <= 20 "
            "teacher passes per image, presets 'classification', 'detection', 'pose' "
-           "(docs/synthesis_methods.md)",
+           "(docs/synthesis_methods.md). The signal (setting prior='auto'): BatchNorm running "
+           "statistics where the inverted module has BN layers, else the patch-similarity prior "
+           "at its LayerNorm/GroupNorm inputs (ViT, Swin, ConvNeXt; docs/synthesis.md); "
+           "classification adds the class term towards balanced labels; detection and pose invert "
+           "the backbone (synthetic_data.invert='model': neck and head too) and, with "
+           "dfbf.online, the teacher-student adversary",
            registered(SYNTHESIZERS), required=True),
     Option('synthetic_data', {}, SYNTHETIC_DATA.doc, SYNTHETIC_DATA.read),
     Option('distill', {}, DISTILL.doc, DISTILL.read),
