@@ -106,3 +106,20 @@ def test_neck_suffix_turns_on_the_neck_loss(tmp_path):
     assert real.dfbf['distill']['neck_weight'] == 1.0 and real.dfbf['train_data'] == 'real'
     assert not plain.dfbf['distill'].get('neck_weight')
     assert sm.base_method('di_x4c+neck') == 'di_x4c' and 'di_x4c+neck' in sm.METHODS
+
+
+def test_layernorm_tasks_prune_to_half_the_macs_unless_a_ratio_rule_is_asked(tmp_path):
+    """vit / convnext: their configs prune to target=dict(macs=0.5); the `macs` rule sets the
+    asked fraction, the ratio rules replace the target by their sparsity; cls keeps its config's."""
+    args = bench.parse_args(['--tasks', 'vit', 'convnext', '--out', str(tmp_path)])
+    for task in ('vit', 'convnext'):
+        cfg = bench.task_config(task, args, 'macs', 0.5, 'noise', str(tmp_path / task))
+        assert cfg.dfbf['pruner']['target'] == dict(macs=0.5), task
+        assert cfg.dfbf['train_data'] == 'noise'
+        assert cfg.dfbf['teacher_checkpoint'].endswith(f'checkpoints/digits_{task}_teacher.pth')
+        assert cfg.dfbf['synthesizer']['type'] == 'DeepInversionSynthesizer'
+        cfg = bench.task_config(task, args, 'uniform', 0.3, 'real', str(tmp_path / task))
+        assert cfg.dfbf['pruner']['target'] is None and cfg.dfbf['pruner']['sparsity'] == 0.3
+    cfg = bench.task_config('cls', args, 'layer', 0.7, 'dfbf', str(tmp_path / 'cls'))
+    assert cfg.dfbf['pruner']['sparsity'] == 0.7 and cfg.dfbf['pruner']['layer_dependent']
+    assert not cfg.dfbf['pruner'].get('target')

@@ -1,12 +1,13 @@
 """Offline benchmark: what data-free fine-tuning recovers after pruning (docs/benchmark_results.md).
 
-    python -m tools.benchmarks.run [--tasks cls det pose] [--sparsities 0.3 0.5 0.7]
+    python -m tools.benchmarks.run [--tasks cls det pose vit convnext] [--sparsities 0.3 0.5 0.7]
         [--rules uniform layer macs macs-global] [--methods dfbf noise real dfbf+lop dfbf+sp dfbf+lop+sp
          dfbf+aug dfbf+mix dfbf+cutmix dfbf+mixup real+aug real+mix dfbf+neck real+neck]
         [--seed 0] [--epochs N] [--quick]
         [--out work_dirs/benchmark] [--data data/digits] [--report-only | --seed-dirs DIR [DIR ...]]
 
-For every task (digits classification / detection / keypoints), sparsity, pruning rule
+For every task (digits classification / detection / keypoints; ``vit`` / ``convnext``: LayerNorm
+classifiers on the classification data), sparsity, pruning rule
 (``uniform``: one L1 ratio; ``layer``: DFBF's width-dependent ratio) and method, it prunes the
 committed teacher with ``DataFreeDistillRunner`` and measures on the test split:
 
@@ -55,13 +56,21 @@ TASKS = {
     'pose': dict(config='configs/benchmarks/dfbf_digits_pose.py',
                  teacher='checkpoints/digits_pose_teacher.pth', metric='coco/AP',
                  scale=100.0, label='keypoint AP'),
+    # LayerNorm classifiers (no BatchNorm) on the cls data: FFN / MLP hidden channels pruned
+    'vit': dict(config='configs/benchmarks/dfbf_digits_vit.py',
+                teacher='checkpoints/digits_vit_teacher.pth', metric='accuracy/top1',
+                scale=1.0, label='top-1 (%)'),
+    'convnext': dict(config='configs/benchmarks/dfbf_digits_convnext.py',
+                     teacher='checkpoints/digits_convnext_teacher.pth', metric='accuracy/top1',
+                     scale=1.0, label='top-1 (%)'),
 }
 # rule -> the dfbf overrides of a run at `sparsity`; for the target rules the
 # "sparsity" is the fraction of the backbone's MACs removed (L1FilterPruner target=dict(macs=s)):
-# one-shot uniform and one-shot global ranking.
+# one-shot uniform and one-shot global ranking. The ratio rules drop a target the task config
+# may name (the vit / convnext configs prune to target=dict(macs=0.5)).
 RULES = {
-    'uniform': lambda s: dict(pruner=dict(sparsity=s, layer_dependent=False)),
-    'layer': lambda s: dict(pruner=dict(sparsity=s, layer_dependent=True)),
+    'uniform': lambda s: dict(pruner=dict(sparsity=s, layer_dependent=False, target=None)),
+    'layer': lambda s: dict(pruner=dict(sparsity=s, layer_dependent=True, target=None)),
     'macs': lambda s: dict(pruner=dict(target=dict(macs=s), layer_dependent=False)),
     'macs-global': lambda s: dict(pruner=dict(target=dict(macs=s), layer_dependent=False, ranking='global')),
 }
@@ -105,6 +114,8 @@ BUDGETS = {
         # 77.16 at 80 -> 77.83 at 160; 512 images x 80 epochs gave the same 77.88
         'pose': dict(synthetic_data=dict(num_images=256, batch_size=32),
                      schedule=dict(epochs=160, lr_steps=[120])),
+        'vit': dict(),  # the configs' own: 256 images x 40 epochs, as cls
+        'convnext': dict(),
     },
     'quick': {
         'cls': dict(synthetic_data=dict(num_images=64, batch_size=32),
@@ -116,6 +127,10 @@ BUDGETS = {
         'pose': dict(synthetic_data=dict(num_images=32, batch_size=16),
                      synthesizer=dict(iterations=5, half_res_iterations=0),
                      schedule=dict(epochs=1, lr_steps=[])),
+        'vit': dict(synthetic_data=dict(num_images=64, batch_size=32),
+                    synthesizer=dict(iterations=10), schedule=dict(epochs=1, lr_steps=[])),
+        'convnext': dict(synthetic_data=dict(num_images=64, batch_size=32),
+                         synthesizer=dict(iterations=10), schedule=dict(epochs=1, lr_steps=[])),
     },
 }
 LATENCY_BATCH = 8

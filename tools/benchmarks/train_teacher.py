@@ -27,6 +27,8 @@ TASKS = {
     'cls': ('configs/benchmarks/digits_cls_teacher.py', 'cls/train.txt'),
     'det': ('configs/benchmarks/digits_det_teacher.py', 'det/annotations/train.json'),
     'pose': ('configs/benchmarks/digits_pose_teacher.py', 'pose/annotations/train.json'),
+    'vit': ('configs/benchmarks/digits_vit_teacher.py', 'cls/train.txt'),
+    'convnext': ('configs/benchmarks/digits_convnext_teacher.py', 'cls/train.txt'),
 }
 DEFAULT_ROOT = 'data/digits'
 
