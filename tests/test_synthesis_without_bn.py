@@ -114,7 +114,7 @@ def test_cache_keys_of_bn_models_unchanged_and_patch_settings_keyed_where_used(v
     assert synth(patch_weight=2.0).config(vit_target) != s.config(vit_target)
     assert synth(patch_weight=2.0).config(bn_target) == s.config(bn_target)
     gen = GeneratorSynthesizer(steps=2, first_steps=2, max_passes_per_image=0, channels=8)
-    assert 'prior' not in gen.config(bn_target) and gen.config(vit_target)['patch_tokens'] == 128
+    assert 'prior' not in gen.config(bn_target) and gen.config(vit_target)['patch_tokens'] == 32
 
 
 def test_generator_and_dataset_on_a_vit(vit, tmp_path):

@@ -85,7 +85,7 @@ def tokens(x: torch.Tensor, channels: int, channels_first: bool) -> Optional[tor
     return None
 
 
-def similarity_entropy(t: torch.Tensor, max_tokens: int, grid: int = 32) -> torch.Tensor:
+def similarity_entropy(t: torch.Tensor, max_tokens: int, grid: int = 16) -> torch.Tensor:
     """Differential entropy per image of the pairwise cosine similarities of (N, L, C) tokens.
 
     At most ``max_tokens`` tokens per image (evenly spaced) enter the (L x L) similarity
@@ -121,7 +121,7 @@ class PatchSimilarityLoss:
 
     name = 'patch'
 
-    def __init__(self, module: nn.Module, max_tokens: int = 128, field: str = 'target'):
+    def __init__(self, module: nn.Module, max_tokens: int = 32, field: str = 'target'):
         self.layers = norm_layers(module)
         if not self.layers:
             raise ValueError(f'{field}: {model_name(module)} has neither BatchNorm layers '

@@ -17,7 +17,7 @@ PRIOR_SETTINGS_DOC = {
     'patch_weight': "weight of the patch prior (prior 'patch')",
     'patch_tokens': 'tokens per image (evenly spaced) in the patch prior\'s similarity matrix',
 }
-_PRIOR = dict(prior='auto', patch_weight=1.0, patch_tokens=128)
+_PRIOR = dict(prior='auto', patch_weight=1.0, patch_tokens=32)
 
 # Every setting a synthesizer understands, with its meaning; a preset gives each a value.
 SETTINGS_DOC = {
