@@ -1,6 +1,6 @@
 """Train a teacher of the digits benchmark and write its slim checkpoint.
 
-    python -m tools.benchmarks.train_teacher {cls,det,pose} [--data data/digits]
+    python -m tools.benchmarks.train_teacher {cls,det,pose,vit,convnext} [--data data/digits]
         [--work-dir work_dirs/teachers/<task>] [--out checkpoints/digits_<task>_teacher.pth]
     python -m tools.benchmarks.train_teacher cls --test-only checkpoints/digits_cls_teacher.pth
 
