@@ -31,7 +31,7 @@ dfbf = dict(
     pruner=dict(type='L1FilterPruner', sparsity=0.1, norm=1, layer_dependent=True),
     synthesizer=dict(type='DeepInversionSynthesizer', preset='{preset}'),
     synthetic_data=dict(num_images=1600, batch_size=16, image_size={image_size}, seed=0),
-    distill=dict(distance='l1', weights=2{neck}),
+    distill=dict(distance='l1', weights=2, bn='update'{neck}),
     schedule=dict(epochs=5, lr=0.01, lr_steps=[3]),
 )
 """
