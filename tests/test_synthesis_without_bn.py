@@ -127,3 +127,17 @@ def test_generator_and_dataset_on_a_vit(vit, tmp_path):
     stats = ds.cache.load(0, ds._shape)['stats']
     assert 'patch_eval' in stats and 'bn_eval' not in stats
     assert torch.isfinite(ds[0]['inputs']).all()
+
+
+def test_images_too_small_for_the_patch_prior_are_a_config_error(vit):
+    """At patch 4, 16x16 images leave 2x2 + 1 tokens in the detection preset's half-resolution
+    phase; 8x8 images leave 1 + 1 there, so they stop before any step, naming the phase."""
+    from dfbf_mm.synthesis.inversion_target import check_phase_sizes
+    target = inversion_target(vit, 'classification')
+    phases = DeepInversionSynthesizer('detection').network_inputs()
+    check_phase_sizes(target, (16, 16), phases, 3, 'cpu')
+    with pytest.raises(ValueError, match=r'^image_size: \(8, 8\) cannot be synthesised \(in the half-resolution '
+                                         r'\(half_res_iterations\) phase the network sees 4x4: 4x4 images leave at most 2 tokens at every '
+                                         r'LayerNorm/GroupNorm input of ImageClassifier \(the patch prior compares '
+                                         r'3 or more\)\)'):
+        check_phase_sizes(target, (8, 8), phases, 3, 'cpu')

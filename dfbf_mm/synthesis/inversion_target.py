@@ -16,6 +16,7 @@ from ..schema import INVERT, TASKS  # noqa: F401  (re-exported)
 from ..stock_model import build_model, get_backbone, stock_outputs
 from ..utils import eval_mode, first_line, output_tensors
 from .bn_statistics import bn_layers, model_name
+from .patch_similarity import layer_tokens, norm_layers
 
 
 
@@ -81,15 +82,24 @@ def num_classes_of(model: nn.Module) -> Optional[int]:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def _spatial_sizes(target: nn.Module, x: torch.Tensor) -> Sequence[Tuple[int, int]]:
-    """(h, w) of every 4-D BN input and 4-D output of one no-grad forward of ``target``."""
+def _spatial_sizes(target: nn.Module, x: torch.Tensor, token_counts: Optional[list] = None
+                   ) -> Sequence[Tuple[int, int]]:
+    """(h, w) of every 4-D BN input and 4-D output of one no-grad forward of ``target``; the
+    tokens each LayerNorm/GroupNorm input holds (the patch prior's) are appended to
+    ``token_counts`` when given."""
     sizes = []
 
     def hook(_, inputs, __):
         if inputs[0].dim() == 4:
             sizes.append(tuple(inputs[0].shape[2:]))
 
+    def count(layer, inputs, __):
+        t = layer_tokens(layer, inputs[0])
+        token_counts.append(0 if t is None else t.shape[1])
+
     handles = [m.register_forward_hook(hook) for _, m in bn_layers(target)]
+    if token_counts is not None:
+        handles += [m.register_forward_hook(count) for _, m in norm_layers(target)]
     try:
         with torch.no_grad():
             out = target(x)
@@ -124,12 +134,17 @@ def size_problem(target: nn.Module, h: int, w: int, channels: int, device,
     if stride is not None and min(h, w) < stride:
         return (f'{h}x{w} is smaller than the total stride {stride} of {model_name(target)} '
                 f'(its last feature map would be empty)')
+    patch = not bn_layers(target) and bool(norm_layers(target))  # the patch prior's target
+    token_counts = [] if patch else None
     try:
-        maps = _spatial_sizes(target, torch.zeros(2, channels, h, w, device=device))
+        maps = _spatial_sizes(target, torch.zeros(2, channels, h, w, device=device), token_counts)
     except RuntimeError as e:
         return f'{model_name(target)} cannot run on {h}x{w} images ({first_line(e)})'
     if any(min(s) == 0 for s in maps if len(s) == 2):
         return f'{h}x{w} images give an empty feature map in {model_name(target)}'
+    if patch and max(token_counts, default=0) < 3:
+        return (f'{h}x{w} images leave at most {max(token_counts, default=0)} tokens at every '
+                f'LayerNorm/GroupNorm input of {model_name(target)} (the patch prior compares 3 or more)')
     return None
 
 

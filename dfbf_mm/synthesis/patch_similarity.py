@@ -85,6 +85,13 @@ def tokens(x: torch.Tensor, channels: int, channels_first: bool) -> Optional[tor
     return None
 
 
+def layer_tokens(layer: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The input ``x`` of norm ``layer`` as (N, L, C) tokens (:func:`tokens`): channels first
+    for GroupNorm and LayerNorm subclasses (mmpretrain's LayerNorm2d), last for nn.LayerNorm."""
+    channels_first = isinstance(layer, nn.GroupNorm) or type(layer) is not nn.LayerNorm
+    return tokens(x, feature_dim(layer), channels_first)
+
+
 def similarity_entropy(t: torch.Tensor, max_tokens: int, grid: int = 16) -> torch.Tensor:
     """Differential entropy per image of the pairwise cosine similarities of (N, L, C) tokens.
 
@@ -132,8 +139,7 @@ class PatchSimilarityLoss:
         self._terms: List[torch.Tensor] = []
 
     def _hook(self, layer: nn.Module, inputs, output) -> None:
-        channels_first = isinstance(layer, nn.GroupNorm) or type(layer) is not nn.LayerNorm
-        t = tokens(inputs[0], feature_dim(layer), channels_first)
+        t = layer_tokens(layer, inputs[0])
         if t is not None and t.shape[1] > 2:
             self._terms.append(-similarity_entropy(t, self.max_tokens).mean())
 
@@ -159,4 +165,4 @@ class PatchSimilarityLoss:
         return torch.stack(self._terms).mean()
 
 
-__all__ = ['PRIORS', 'PATCH_SETTINGS', 'without_unused_prior', 'PatchSimilarityLoss', 'norm_layers', 'resolve_prior', 'similarity_entropy']
+__all__ = ['PRIORS', 'PATCH_SETTINGS', 'without_unused_prior', 'layer_tokens', 'PatchSimilarityLoss', 'norm_layers', 'resolve_prior', 'similarity_entropy']
