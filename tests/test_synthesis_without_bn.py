@@ -141,3 +141,32 @@ def test_images_too_small_for_the_patch_prior_are_a_config_error(vit):
                                          r'LayerNorm/GroupNorm input of ImageClassifier \(the patch prior compares '
                                          r'3 or more\)\)'):
         check_phase_sizes(target, (8, 8), phases, 3, 'cpu')
+
+
+def test_teacher_student_adversary_on_a_vit(vit):
+    """The adversary of online synthesis needs no BN either: with the patch prior it still
+    finds images where the pruned ViT differs more from its teacher."""
+    import copy
+
+    from dfbf_mm.pruning import L1FilterPruner
+    from dfbf_mm.synthesis import FeatureAdversary
+    student = copy.deepcopy(vit)
+    L1FilterPruner(sparsity=0.5).prune(student.backbone, torch.zeros(1, 3, 16, 16))
+    taps = ['layers.0.ln1', 'layers.1.ln1']
+
+    def l1(s_taps, t_taps, s_outs, t_outs):
+        return sum((s - t).abs().mean() for s, t in zip(s_taps, t_taps))
+
+    target = inversion_target(vit, 'classification')
+    plain, stats = synth(iterations=15).synthesize(target, 4, (16, 16), pixel_range(vit), seed=0, progress=False)
+    adversary = FeatureAdversary(vit.backbone, student.backbone, taps, l1, weight=50.0)
+    with adversary:
+        hard, stats = synth(iterations=15).synthesize(target, 4, (16, 16), pixel_range(vit), seed=0,
+                                                      progress=False, adversary=adversary)
+    assert stats['student_passes'] == 15 and 'patch' in stats
+    with adversary, torch.no_grad():
+        distances = []
+        for images in (plain, hard):
+            vit.backbone(images)
+            distances.append(adversary.term(images).item())
+    assert distances[1] > distances[0]
