@@ -46,29 +46,20 @@ def batch_statistics(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-class BNStatisticsLoss:
-    """Forward hooks on every BN-like layer of a module; :meth:`loss` sums the mismatches.
+class LayerHooks:
+    """A loss made of one term per hooked layer and forward: the hooks live inside ``with``
+    (removed also when the forward raises), :meth:`reset` forgets the terms of the last forward.
+    Subclasses set ``layers`` ((name, module) pairs), ``name`` (the key of the term in the
+    synthesizers' stats) and ``_hook``, and sum the terms in ``loss()``."""
 
-    Per layer l: ``||mu_l(x) - running_mean_l||_2 + ||var_l(x) - running_var_l||_2`` (as in
-    DeepInversion), the first layer's term times ``first_bn_multiplier`` (it sees raw pixels, so
-    the detection reference weights it up). Use as a context manager so the hooks are always
-    removed, also when the forward raises.
-    """
+    name = ''
+    layers: List[Tuple[str, nn.Module]] = []
 
-    name = 'bn'  # the key of its term in the synthesizers' stats (the patch prior's: 'patch')
+    def _hook(self, layer: nn.Module, inputs, output) -> None:
+        raise NotImplementedError
 
-    def __init__(self, module: nn.Module, first_bn_multiplier: float = 1.0, field: str = 'target'):
-        self.layers = require_bn_layers(module, field)
-        self.first_bn_multiplier = float(first_bn_multiplier)
-        self._handles = []
+    def __enter__(self):
         self._terms: List[torch.Tensor] = []
-
-    def _hook(self, layer: _BatchNorm, inputs, output) -> None:
-        mean, var = batch_statistics(inputs[0])
-        self._terms.append(torch.norm(mean - layer.running_mean.float(), 2)
-                           + torch.norm(var - layer.running_var.float(), 2))
-
-    def __enter__(self) -> 'BNStatisticsLoss':
         self._handles = [layer.register_forward_hook(self._hook) for _, layer in self.layers]
         return self
 
@@ -81,6 +72,29 @@ class BNStatisticsLoss:
     def reset(self) -> None:
         """Forget the terms of the previous forward pass."""
         self._terms = []
+
+
+class BNStatisticsLoss(LayerHooks):
+    """Forward hooks on every BN-like layer of a module; :meth:`loss` sums the mismatches.
+
+    Per layer l: ``||mu_l(x) - running_mean_l||_2 + ||var_l(x) - running_var_l||_2`` (as in
+    DeepInversion), the first layer's term times ``first_bn_multiplier`` (it sees raw pixels, so
+    the detection reference weights it up). Use as a context manager so the hooks are always
+    removed, also when the forward raises.
+    """
+
+    name = 'bn'
+
+    def __init__(self, module: nn.Module, first_bn_multiplier: float = 1.0, field: str = 'target'):
+        self.layers = require_bn_layers(module, field)
+        self.first_bn_multiplier = float(first_bn_multiplier)
+        self._handles = []
+        self._terms: List[torch.Tensor] = []
+
+    def _hook(self, layer: _BatchNorm, inputs, output) -> None:
+        mean, var = batch_statistics(inputs[0])
+        self._terms.append(torch.norm(mean - layer.running_mean.float(), 2)
+                           + torch.norm(var - layer.running_var.float(), 2))
 
     def loss(self) -> torch.Tensor:
         """Weighted sum of the per-layer terms of the forward passes since :meth:`reset`."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bn_statistics import bn_layers, model_name
+from .bn_statistics import LayerHooks, bn_layers, model_name
 
 PRIORS = ('auto', 'bn', 'patch')
 _NORMS = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, getattr(nn, 'RMSNorm', None)) if t is not None)
@@ -117,9 +117,10 @@ def similarity_entropy(t: torch.Tensor, max_tokens: int, grid: int = 16) -> torc
     return torch.trapezoid(-pdf * torch.log(pdf), pts, dim=1)
 
 
-class PatchSimilarityLoss:
-    """Forward hooks on every norm layer of a module; :meth:`loss` is minus the mean, over the
-    hooked layers and the images, of the patch-similarity entropy of the layer inputs.
+class PatchSimilarityLoss(LayerHooks):
+    """Forward hooks on every norm layer of a module (a context manager, as
+    :class:`BNStatisticsLoss`); :meth:`loss` is minus the mean, over the hooked layers and the
+    images, of the patch-similarity entropy of the layer inputs.
 
     Args:
         module: the inversion target.
@@ -143,20 +144,6 @@ class PatchSimilarityLoss:
         if t is not None and t.shape[1] > 2:
             self._terms.append(-similarity_entropy(t, self.max_tokens).mean())
 
-    def __enter__(self) -> 'PatchSimilarityLoss':
-        self._handles = [layer.register_forward_hook(self._hook) for _, layer in self.layers]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._terms = []
-
-    def reset(self) -> None:
-        """Forget the terms of the previous forward pass."""
-        self._terms = []
-
     def loss(self) -> torch.Tensor:
         """Mean over the hooked layers that saw tokens since :meth:`reset`."""
         if not self._terms:
@@ -165,4 +152,5 @@ class PatchSimilarityLoss:
         return torch.stack(self._terms).mean()
 
 
-__all__ = ['PRIORS', 'PATCH_SETTINGS', 'without_unused_prior', 'layer_tokens', 'PatchSimilarityLoss', 'norm_layers', 'resolve_prior', 'similarity_entropy']
+__all__ = ['PRIORS', 'PATCH_SETTINGS', 'without_unused_prior', 'layer_tokens', 'PatchSimilarityLoss', 'norm_layers',
+           'resolve_prior', 'similarity_entropy']
