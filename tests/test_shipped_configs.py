@@ -97,7 +97,12 @@ def test_shipped_config_end_to_end(path, data_root, tmp_path):
     out = run([osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', str(work),
                '--cfg-options', *tiny_budget(cfg, teacher_ckpt)], data_root, tmp_path / 'train.log')
     assert 'Epoch(val)' in out and METRIC[scope] in out  # the stock evaluator ran after the epoch
+    check_export_with_stock_tools(work, teacher, scope, data_root, tmp_path)
 
+
+def check_export_with_stock_tools(work, teacher, scope, data_root, tmp_path):
+    """The export in ``work``: rebuilt by the stock registry and loaded strictly, narrower than
+    the teacher, then scored by the package's own stock ``tools/test.py``."""
     deploy, ckpt = str(work / 'export' / 'pruned.py'), str(work / 'export' / 'pruned.pth')
     rebuilt = build_stock_model(Config.fromfile(deploy))  # the stock registry, via PrunedBackbone
     rebuilt.load_state_dict(torch.load(ckpt, map_location='cpu')['state_dict'], strict=True)

@@ -19,7 +19,7 @@ from mmengine.config import Config
 
 import dfbf_mm  # noqa: F401
 from dfbf_mm.stock_model import build_stock_model, config_scope, get_backbone
-from test_shipped_configs import METRIC, REPO, STOCK_TEST_TOOL, metric_value, run, tiny_budget
+from test_shipped_configs import METRIC, REPO, check_export_with_stock_tools, run, tiny_budget
 from tiny_val_sets import all_val_sets
 
 # what a user adds to the stock config they trained with (README, Quick start)
@@ -84,15 +84,4 @@ def test_transformer_stock_config_end_to_end(case, data_root, tmp_path):
               data_root, tmp_path / 'train.log')
     assert 'Epoch(val)' in out and METRIC[scope] in out  # the stock evaluator ran after the epoch
     assert 'patch=' in out  # the synthesis progress bar: the patch-similarity prior, not BN statistics
-
-    deploy, ckpt = str(work / 'export' / 'pruned.py'), str(work / 'export' / 'pruned.pth')
-    rebuilt = build_stock_model(Config.fromfile(deploy))  # the stock registry, via PrunedBackbone
-    rebuilt.load_state_dict(torch.load(ckpt, map_location='cpu')['state_dict'], strict=True)
-    params = [sum(p.numel() for p in get_backbone(m).parameters()) for m in (teacher, rebuilt)]
-    assert params[1] < params[0], 'no channel was removed'
-    assert type(rebuilt.backbone) is type(teacher.backbone)
-
-    out = run([STOCK_TEST_TOOL[scope], deploy, ckpt, '--work-dir', str(tmp_path / 'test')],
-              data_root, tmp_path / 'test.log')
-    value = metric_value(out, METRIC[scope])
-    assert -1 <= value <= 100
+    check_export_with_stock_tools(work, teacher, scope, data_root, tmp_path)
