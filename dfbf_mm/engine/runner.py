@@ -10,6 +10,7 @@ It also lets ``--launcher pytorch`` work on CPU-only machines (gloo): MMEngine 0
 ``device_ids``, both of which fail without a GPU.
 """
 import atexit
+import datetime
 
 import torch
 import torch.distributed as torch_dist
@@ -30,9 +31,16 @@ def _destroy_process_group() -> None:
     The stock train tools exit without ``destroy_process_group``; gloo's worker threads then die
     in interpreter finalisation and a rank that exits first can abort with SIGABRT
     ("terminate called without an active exception", pytorch/pytorch#190489), failing a run
-    whose training and export had finished.
+    whose training and export had finished. Tearing down while a peer is still at work (rank 0
+    writes the export after the others are done) aborted a rank the same way, so gloo ranks first
+    wait for each other; a peer that died is reported by the barrier and skipped.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
+        if torch_dist.get_backend() == 'gloo':
+            try:
+                torch_dist.monitored_barrier(timeout=datetime.timedelta(minutes=30))
+            except RuntimeError:
+                pass
         torch_dist.destroy_process_group()
 
 
